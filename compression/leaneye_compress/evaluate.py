@@ -1,0 +1,47 @@
+"""Score a PyTorch LeanDet on generated scenes by the protocol of `shared/EVAL.md`.
+
+Post-processing is the runtime's own (`leaneye.detector.Detector.postprocess` with the model's
+manifest), so what is measured here is what an exported engine will do on the vehicle.
+"""
+from __future__ import annotations
+
+import torch
+
+from leaneye.detector import Detector
+from leaneye.evaluation import EvalResult, ImageDetections, evaluate
+from leaneye.scenes.dataset import scene_ground_truth
+
+from .data import SceneSet
+from .export import builtin_manifest
+from .models.detector import LeanDet
+
+# EVAL.md's detection settings
+EVAL_CONF, EVAL_IOU, EVAL_MAX_DETECTIONS = 0.001, 0.65, 100
+
+
+@torch.no_grad()
+def predict(model: LeanDet, scene_set: SceneSet, class_names, batch_size: int = 16) -> dict[int, ImageDetections]:
+    postprocessor = Detector(builtin_manifest(model, class_names), backend=None, conf=EVAL_CONF, iou=EVAL_IOU,
+                             max_detections=EVAL_MAX_DETECTIONS)
+    transform = scene_set.transform
+    was_training = model.training
+    model.eval()
+    model.export_decoded = True
+    detections = {}
+    try:
+        for start in range(0, len(scene_set.images), batch_size):
+            batch = torch.from_numpy(scene_set.images[start:start + batch_size]).permute(0, 3, 1, 2).float().div_(255)
+            outputs = model(batch).numpy()
+            for k, out in enumerate(outputs):
+                frame = scene_set.frames[start + k]
+                boxes, scores, class_ids = postprocessor.postprocess([out[None]], transform, frame.image.shape[:2])
+                detections[start + k] = ImageDetections.from_class_ids(boxes, scores, class_ids, class_names)
+    finally:
+        model.export_decoded = False
+        model.train(was_training)
+    return detections
+
+
+def evaluate_model(model: LeanDet, scene_set: SceneSet, class_names, bootstrap: int = 1000) -> EvalResult:
+    return evaluate(scene_ground_truth(scene_set.frames), predict(model, scene_set, class_names), bootstrap=bootstrap)
+

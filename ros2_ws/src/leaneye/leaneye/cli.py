@@ -1,0 +1,51 @@
+"""The `leaneye` command. Each subcommand lives beside the code it drives and registers itself here.
+
+Errors the user can fix (LeanEyeError) print one line to stderr and exit 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import LeanEyeError
+
+# Modules that define `register(subparsers)`; each adds its subcommand with `set_defaults(func=...)`.
+COMMAND_MODULES = [
+    "leaneye.scenes.cli",
+    "leaneye.eval_cli",
+    "leaneye.detect_cli",
+    "leaneye.bag_cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leaneye", description="LeanEye runtime: detection on camera frames, bags and videos")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse and run; shared by `leaneye` and `leaneye-compress` so both report errors the same way."""
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LeanEyeError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file-system problem the user can fix: name the file, no traceback
+        print(f"{parser.prog}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Frames in, detections out: letterbox, backend inference, decoding, NMS, boxes back in frame pixels.
+
+    detector = Detector.from_engine("engines/yolox_nano", conf=0.25)
+    detections = detector.detect(frame_bgr)   # (H, W, 3) uint8
+    detections.boxes, detections.scores, detections.class_ids, detections.names, detections.timings
+
+Per frame the work outside the backend is kept small: the input tensor is allocated once and its
+padding filled only when the frame size changes; each frame only the resized picture is written
+into it (one resize, one converting copy per channel), and decoding and NMS are vectorised.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .backends import Backend, BackendOptions, load_backend
+from .decoders import DECODERS, DecodeParams
+from .engine import InputSpec, Manifest, load_manifest
+from .errors import LeanEyeError
+from .letterbox import LetterboxTransform, letterbox_transform, resize_into
+from .nms import nms
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one frame; boxes are xyxy in the frame's pixels, clipped to it."""
+
+    boxes: np.ndarray        # (N, 4) float32
+    scores: np.ndarray       # (N,) float32, highest first
+    class_ids: np.ndarray    # (N,) int64, indices into class_names
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]  # (height, width)
+    timings: dict = field(default_factory=dict)  # ms: preprocess, inference, postprocess
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The class name of each detection."""
+        return tuple(self.class_names[i] for i in self.class_ids)
+
+
+class InputTensor:
+    """The network input, letterboxed from BGR uint8 frames with colour order and scaling applied."""
+
+    def __init__(self, spec: InputSpec, align: str, pad_value: int):
+        self.spec = spec
+        self.align = align
+        self.pad_value = pad_value
+        self.tensor = np.empty(spec.shape, dtype=np.dtype(spec.dtype))
+        # Frames are BGR; network channel c reads frame channel source[c].
+        self.source_channels = (2, 1, 0) if spec.color == "rgb" else (0, 1, 2)
+        std = np.asarray(spec.std if spec.std is not None else (1.0, 1.0, 1.0))
+        mean = np.asarray(spec.mean if spec.mean is not None else (0.0, 0.0, 0.0))
+        # tensor = (pixel * scale - mean) / std = pixel * gain + offset, per channel
+        self.gain = spec.scale / std
+        self.offset = -mean / std
+        self.is_identity = bool(np.all(self.gain == 1.0) and np.all(self.offset == 0.0))
+        # Set per frame size by _prepare: the transform, the resized frame, its planes, and the views
+        # of the tensor they go to.
+        self.image_size: tuple[int, int] | None = None
+        self.transform: LetterboxTransform | None = None
+        self.resized: np.ndarray | None = None
+        self.planes: list = []
+        self.region_planes: list = []
+
+    def _prepare(self, image_size: tuple[int, int]) -> None:
+        """New frame size: new transform and buffers, padding written once."""
+        transform = letterbox_transform(image_size, self.spec.size, self.align)
+        self.resized = np.empty((transform.height, transform.width, 3), dtype=np.uint8)
+        self.planes = [np.empty((transform.height, transform.width), dtype=np.uint8) for _ in range(3)]
+        for channel in range(3):
+            self.tensor[0, channel] = self.pad_value * self.gain[channel] + self.offset[channel]
+        region = self.tensor[0, :, transform.pad_y:transform.pad_y + transform.height,
+                             transform.pad_x:transform.pad_x + transform.width]
+        self.region_planes = [region[channel] for channel in range(3)]
+        self.transform = transform
+        self.image_size = image_size
+
+    def fill(self, frame: np.ndarray) -> LetterboxTransform:
+        if frame.shape[:2] != self.image_size:
+            self._prepare(frame.shape[:2])
+        resize_into(frame, self.transform, self.resized)
+        # De-interleaving into contiguous uint8 planes first makes the converting copies below
+        # contiguous too: several times faster than copying strided channels straight to float.
+        planes = cv2.split(self.resized, mv=self.planes)
+        for channel, source in enumerate(self.source_channels):
+            plane = self.region_planes[channel]
+            plane[...] = planes[source]
+            if not self.is_identity:
+                plane *= self.gain[channel]
+                plane += self.offset[channel]
+        return self.transform
+
+
+def check_frame(frame) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        described = (f"shape {list(frame.shape)} dtype {frame.dtype}" if isinstance(frame, np.ndarray)
+                     else type(frame).__name__)
+        raise LeanEyeError(f"frame: expected an (H, W, 3) uint8 BGR image, got {described}")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise LeanEyeError(f"frame: expected a non-empty image, got {frame.shape[1]}x{frame.shape[0]} pixels")
+
+
+class Detector:
+    """A configured engine (manifest + backend) with detection settings; `activate()` before `detect`."""
+
+    def __init__(self, manifest: Manifest, backend: Backend, conf: float = 0.25, iou: float = 0.45,
+                 max_detections: int = 300, class_agnostic: bool = False):
+        if not 0.0 <= conf <= 1.0:
+            raise LeanEyeError(f"conf: expected a score threshold in [0, 1], got {conf}")
+        if not 0.0 <= iou <= 1.0:
+            raise LeanEyeError(f"iou: expected an NMS IoU threshold in [0, 1], got {iou}")
+        if max_detections < 1:
+            raise LeanEyeError(f"max_detections: expected a positive number, got {max_detections}")
+        self.manifest = manifest
+        self.backend = backend
+        self.iou = iou
+        self.max_detections = max_detections
+        self.class_agnostic = class_agnostic
+        self.decoder = DECODERS[manifest.decoder]
+        params = {k: tuple(v) for k, v in manifest.decoder_params.items()}  # strides
+        self.decode_params = DecodeParams(input_size=manifest.input.size, num_classes=len(manifest.class_names),
+                                          score_threshold=conf, **params)
+        self.input = InputTensor(manifest.input, manifest.letterbox_align, manifest.letterbox_pad_value)
+
+    @classmethod
+    def from_engine(cls, engine_dir: Path | str, conf: float = 0.25, iou: float = 0.45, max_detections: int = 300,
+                    class_agnostic: bool = False, threads: int = 0) -> "Detector":
+        """Load, check and activate the engine in `engine_dir`; `threads` 0 = the backend's default."""
+        manifest = load_manifest(engine_dir)
+        backend = load_backend(engine_dir, manifest, BackendOptions(intra_op_num_threads=threads))
+        detector = cls(manifest, backend, conf=conf, iou=iou, max_detections=max_detections,
+                       class_agnostic=class_agnostic)
+        detector.activate()
+        return detector
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.class_names
+
+    def activate(self) -> None:
+        self.backend.activate()
+
+    def deactivate(self) -> None:
+        self.backend.deactivate()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.deactivate()
+
+    def preprocess(self, frame: np.ndarray) -> LetterboxTransform:
+        """Write `frame` into the input tensor (`self.input.tensor`); returns the letterbox transform."""
+        check_frame(frame)
+        return self.input.fill(frame)
+
+    def postprocess(self, outputs: list, transform: LetterboxTransform, image_size: tuple[int, int]):
+        """Decode, suppress and map back to frame pixels: (boxes, scores, class_ids)."""
+        boxes, scores, class_ids = self.decoder.decode(outputs, self.decode_params)
+        if not len(scores):
+            return boxes, scores, class_ids
+        if self.decoder.runs_nms:
+            keep = nms(boxes, scores, class_ids, self.iou, class_agnostic=self.class_agnostic,
+                       max_detections=self.max_detections)
+        else:
+            keep = np.argsort(-scores, kind="stable")[:self.max_detections]
+        return transform.to_original(boxes[keep], image_size), scores[keep], class_ids[keep]
+
+    def detect(self, frame: np.ndarray) -> Detections:
+        """Detect objects in one BGR uint8 frame (H, W, 3)."""
+        start = time.perf_counter()
+        transform = self.preprocess(frame)
+        preprocessed = time.perf_counter()
+        outputs = self.backend.infer(self.input.tensor)
+        inferred = time.perf_counter()
+        image_size = frame.shape[:2]
+        boxes, scores, class_ids = self.postprocess(outputs, transform, image_size)
+        done = time.perf_counter()
+        timings = {"preprocess": (preprocessed - start) * 1e3, "inference": (inferred - preprocessed) * 1e3,
+                   "postprocess": (done - inferred) * 1e3}
+        return Detections(boxes, scores, class_ids, self.class_names, image_size, timings)

@@ -1,0 +1,85 @@
+"""`leaneye bag from-video`: a real dashcam clip becomes a rosbag2 bag with the video's frames and rate."""
+from __future__ import annotations
+
+import argparse
+
+import cv2
+import numpy as np
+import pytest
+from conftest import shared_fixtures_dir
+
+from leaneye import bag_cli, bags, msgs
+from leaneye.cli import run_command
+from leaneye.errors import LeanEyeError
+from leaneye.video import image_topics, video_info, video_to_bag
+
+pytestmark = pytest.mark.runtime_core
+
+
+def _highway():
+    return shared_fixtures_dir() / "driving_video" / "highway_720p.mp4"
+
+
+def _leaneye(argv: list[str]) -> int:
+    """The `leaneye` command with only the bag subcommands registered."""
+    parser = argparse.ArgumentParser(prog="leaneye")
+    bag_cli.register(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser, argv)
+
+
+def _video_frames(path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+def test_from_video_frames_rate_and_pixels(tmp_path, capsys):
+    video = _highway()
+    out = tmp_path / "highway"
+    assert _leaneye(["bag", "from-video", str(video), "--out", str(out), "--raw", "--frame-id", "dashcam"]) == 0
+    assert "wrote 38 frames" in capsys.readouterr().out
+    expected = _video_frames(video)
+    assert len(expected) == 38 and video_info(video).fps == 25
+    with bags.open_bag_reader(out) as reader:
+        assert reader.topics == {"/camera/image_raw": msgs.IMAGE, "/camera/image_raw/compressed": msgs.COMPRESSED_IMAGE}
+        assert reader.counts == {"/camera/image_raw": 38, "/camera/image_raw/compressed": 38}
+        raw = list(bags.iter_images(reader, "/camera/image_raw"))
+        compressed = list(bags.iter_images(reader, bags.find_image_topic(reader.topics, "/camera/image_raw/compressed")))
+        log_times = [log_time for topic, log_time, _ in reader.messages(["/camera/image_raw/compressed"])]
+    for frames in (raw, compressed):
+        assert all(isinstance(frame, bags.ImageFrame) for frame in frames) and len(frames) == 38
+        assert np.diff([frame.stamp_ns for frame in frames]).tolist() == [40_000_000] * 37
+        assert {frame.header.frame_id for frame in frames} == {"dashcam"}
+    assert log_times == [frame.stamp_ns for frame in compressed]
+    for index in (0, 17, 37):
+        assert np.array_equal(raw[index].image, expected[index])
+        assert cv2.PSNR(compressed[index].image, expected[index]) > 30
+
+
+def test_from_video_sqlite3_with_a_raw_topic_name(tmp_path):
+    out = tmp_path / "front"
+    count = video_to_bag(_highway(), out, topic="/front/image", storage="sqlite3", fps=10, start_ns=5_000_000_000)
+    assert count == 38
+    info = bags.bag_info(out, count=True)
+    assert info.storage == "sqlite3" and [(topic.name, topic.count) for topic in info.topics] == [("/front/image/compressed", 38)]
+    assert (info.start_ns, info.duration_ns) == (5_000_000_000, 3_700_000_000)
+    assert image_topics("/front/image") == image_topics("/front/image/compressed") == ("/front/image", "/front/image/compressed")
+
+
+def test_unreadable_video_leaves_no_bag(tmp_path, capsys):
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("not a video")
+    out = tmp_path / "bag"
+    assert _leaneye(["bag", "from-video", str(not_a_video), "--out", str(out)]) == 2
+    assert f"{not_a_video}" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(LeanEyeError, match="no such video file"):
+        video_to_bag(tmp_path / "absent.mp4", out)
+    assert _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--storage", "rosbag1"]) == 2
+    assert "storage" in capsys.readouterr().err and not out.exists()
