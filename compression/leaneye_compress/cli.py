@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from leaneye.cli import run_command
+from leaneye.cli import parser_with_commands, run_command
 
 COMMAND_MODULES = [
     "leaneye_compress.train",
@@ -15,11 +14,7 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leaneye-compress", description="LeanEye offline: train, compress and build detection engines")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
-    return parser
+    return parser_with_commands("leaneye-compress", "LeanEye offline: train, compress and build detection engines", COMMAND_MODULES)
 
 
 def main(argv: list[str] | None = None) -> int:

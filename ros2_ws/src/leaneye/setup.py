@@ -16,7 +16,7 @@ setup(
     # The project's own pins live in constraints.txt at the repository root.
     install_requires=["numpy>=1.21", "opencv-python-headless>=4.5", "tqdm>=4.60"],
     extras_require={
-        "bags": ["rosbags>=0.11", "ruamel.yaml>=0.17", "tqdm>=4.62", "mcap>=1.1", "mcap-ros2-support>=0.5"],
+        "bags": ["rosbags>=0.11", "ruamel.yaml>=0.17", "mcap>=1.1", "mcap-ros2-support>=0.5"],
         "onnxruntime": ["onnxruntime>=1.16"],
         "eval": ["pycocotools>=2.0.6"],
     },

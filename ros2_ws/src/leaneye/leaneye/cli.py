@@ -16,15 +16,21 @@ COMMAND_MODULES = [
     "leaneye.eval_cli",
     "leaneye.detect_cli",
     "leaneye.bag_cli",
+    "leaneye.replay_cli",
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leaneye", description="LeanEye runtime: detection on camera frames, bags and videos")
+def parser_with_commands(prog: str, description: str, modules: list[str]) -> argparse.ArgumentParser:
+    """A parser whose subcommands are registered by `modules`; shared with `leaneye-compress`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return parser_with_commands("leaneye", "LeanEye runtime: detection on camera frames, bags and videos", COMMAND_MODULES)
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

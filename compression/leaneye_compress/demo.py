@@ -1,0 +1,288 @@
+"""`make demo` (`python -m leaneye_compress.demo`): from the default model to a replayed camera bag.
+
+1. scenes: 100 generated driving frames as a rosbag2 bag with ground truth, in runs/demo/scenes.
+   Seed 424242 is used by nothing else (training uses seeds 1000-1249, held-out evaluation
+   9000000 and up). The bag is reused while its parameters and the generator's source are
+   unchanged (runs/demo/scenes.json records both).
+2. export: the default model (compression/leaneye_compress/default_model/model.pt) to the ONNX
+   Runtime engine engines/default, on every run: it takes seconds, and the engine can then never
+   lag behind the checkpoint.
+3. replay: `leaneye replay` of the bag through the engine: detections, per-stage latency,
+   throughput, and COCO mAP against the bag's ground truth (shared/EVAL.md, generated scenes).
+   The output bag goes to runs/demo/detections.
+4. report: runs/demo/report.md for people (with the commands that reproduce it) and
+   runs/demo/report.json for tools.
+
+Without the default model it stops at once and says to run `make train-default`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from leaneye.atomic import atomic_write_text
+from leaneye.cli import run_command
+from leaneye.engine import file_sha256
+from leaneye.errors import LeanEyeError
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "default_model" / "model.pt"
+DEFAULT_WORK_DIR = Path("runs/demo")
+DEFAULT_ENGINE = Path("engines/default")
+DEMO_FRAMES = 100
+DEMO_SEED = 424242
+FRAME_SIZE = (1224, 370)  # KITTI's, like the default model's training frames
+RATE_HZ = 10.0
+DEMO_BOOTSTRAP = 1000
+STEPS = 4
+
+
+def _step(number: int, text: str) -> None:
+    print(f"[{number}/{STEPS}] {text}", file=sys.stderr, flush=True)
+
+
+def _display(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it: commands stay copyable."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def generator_sha256() -> str:
+    """One digest of the scene generator's source: a changed generator means a new bag."""
+    import leaneye.scenes
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(leaneye.scenes.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def scene_parameters(frames: int, seed: int) -> dict:
+    return {"frames": frames, "seed": seed, "size": list(FRAME_SIZE), "rate_hz": RATE_HZ, "storage": "mcap",
+            "generator_sha256": generator_sha256()}
+
+
+def ensure_scenes(scenes_dir: Path, frames: int, seed: int) -> tuple[dict, bool]:
+    """The demo's bag folder `scenes_dir`/bag, generated unless one with the same parameters is there.
+
+    Returns (parameters, reused).
+    """
+    from tqdm import tqdm
+
+    from leaneye.scenes.dataset import write_scene_dataset
+    from leaneye.scenes.render import generate_frames
+
+    parameters = scene_parameters(frames, seed)
+    record = scenes_dir.with_name(scenes_dir.name + ".json")
+    try:
+        previous = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    if previous == parameters and (scenes_dir / "bag" / "metadata.yaml").is_file():
+        return parameters, True
+    generated = generate_frames(frames, seed, FRAME_SIZE, RATE_HZ)
+    with tqdm(total=frames, desc="scenes", unit="frame", file=sys.stderr) as progress:
+        write_scene_dataset(scenes_dir, generated, storage="mcap", force=True, progress=progress)
+    atomic_write_text(record, json.dumps(parameters, indent=2) + "\n")
+    return parameters, False
+
+
+def model_facts(checkpoint: Path) -> dict:
+    """Size of the network: parameters, GFLOPs per frame and its input, from the checkpoint itself."""
+    from .checkpoint import load_model
+    from .models.detector import count_parameters, gflops
+
+    model, data = load_model(checkpoint)
+    config = model.config
+    return {"architecture": f"LeanDet width {config.width:g}, depth {config.depth:g}", "parameters": count_parameters(model),
+            "gflops": round(gflops(model), 3), "input_hw": [config.input_height, config.input_width],
+            "classes": list(data["class_names"])}
+
+
+def commands(checkpoint: Path, scenes_dir: Path, engine_dir: Path, detections_dir: Path, frames: int, seed: int,
+             threads: int, bootstrap: int) -> list[str]:
+    """The commands that redo each step by hand (same files, same numbers)."""
+    width, height = FRAME_SIZE
+    quote = shlex.quote
+    return [
+        f"leaneye scenes --frames {frames} --seed {seed} --size {width}x{height} --rate {RATE_HZ:g} "
+        f"--out {quote(_display(scenes_dir))} --force",
+        f"leaneye-compress export {quote(_display(checkpoint))} --out {quote(_display(engine_dir))} --force",
+        " ".join([f"leaneye replay {quote(_display(scenes_dir / 'bag'))} --engine {quote(_display(engine_dir))}",
+                  f"--out {quote(_display(detections_dir))}", *_replay_options(threads, bootstrap), "--force"]),
+    ]
+
+
+def _replay_options(threads: int, bootstrap: int) -> list[str]:
+    return [f"{flag} {value}" for flag, value, default in (("--threads", threads, 0), ("--bootstrap", bootstrap, DEMO_BOOTSTRAP))
+            if value != default]
+
+
+def demo_command(checkpoint: Path, work_dir: Path, engine_dir: Path, frames: int, seed: int, threads: int,
+                 bootstrap: int) -> str:
+    """`make demo`, or the module call with the arguments that differ from its defaults."""
+    given = [("--checkpoint", checkpoint, DEFAULT_CHECKPOINT), ("--work-dir", work_dir, DEFAULT_WORK_DIR),
+             ("--engine", engine_dir, DEFAULT_ENGINE)]
+    options = [f"{flag} {shlex.quote(_display(path))}" for flag, path, default in given
+               if path.resolve() != default.resolve()]
+    options += [f"{flag} {value}" for flag, value, default in (("--frames", frames, DEMO_FRAMES), ("--seed", seed, DEMO_SEED))
+                if value != default]
+    options += _replay_options(threads, bootstrap)
+    return " ".join(["python -m leaneye_compress.demo", *options]) if options else "make demo"
+
+
+def _metric(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _interval(interval) -> str:
+    return "" if not interval or interval[0] is None else f" (95 % interval {interval[0]:.3f}-{interval[1]:.3f})"
+
+
+def report_markdown(report: dict) -> str:
+    replay, model, engine = report["replay"], report["model"], report["engine"]
+    scenes = report["scenes"]
+    latency = replay["latency"]
+    lines = [
+        "# LeanEye demo report", "",
+        f"Created {report['created_utc']} on {report['machine']}, in {report['wall_s']['total']:.0f} s.", "",
+        "## What was run", "",
+        f"- Bag: {scenes['frames']} generated driving frames ({scenes['size'][0]}x{scenes['size'][1]}, "
+        f"{scenes['rate_hz']:g} Hz, seed {scenes['seed']}: used by no training or held-out set), "
+        f"`{report['paths']['bag']}`" + (" (reused)" if report["scenes_reused"] else ""),
+        f"- Model: `{report['paths']['checkpoint']}` (sha256 {report['checkpoint_sha256'][:16]}...), "
+        f"{model['architecture']}, {model['parameters'] / 1e6:.2f} M parameters, {model['gflops']:.2f} GFLOPs "
+        f"per {model['input_hw'][1]}x{model['input_hw'][0]} input",
+        f"- Engine: `{report['paths']['engine']}`, {engine['backend']} {engine['precision']}, "
+        f"{engine['model_bytes'] / 1e6:.1f} MB ONNX",
+        f"- Published detections: score >= {replay['settings']['published']['conf']}, NMS IoU "
+        f"{replay['settings']['published']['iou']}; output bag `{report['paths']['detections']}`", "",
+        "## Results", "",
+        f"{replay['frames']} frames replayed, {replay['bad_frames']} bad frames skipped, "
+        f"{replay['detections']} detections published.", "",
+        "| stage (ms) | p50 | p90 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for stage, stats in latency["stages_ms"].items():
+        lines.append(f"| {stage} | {stats['p50']:.2f} | {stats['p90']:.2f} | {stats['p99']:.2f} | {stats['max']:.2f} |")
+    lines += ["", f"Throughput: {latency['throughput_fps']:.1f} frames/s ({latency['frames']} frames in "
+                  f"{latency['wall_s']:.2f} s, reading the bag and writing the output included).", ""]
+    evaluation = replay["evaluation"]
+    if evaluation is not None:
+        run = replay["settings"]["engine_run"]
+        lines += [
+            f"Accuracy (shared/EVAL.md, generated scenes: score >= {run['conf']}, NMS IoU {run['iou']}, at most "
+            f"{run['max_detections']} per frame; {evaluation['images']} frames, {evaluation['objects']} objects, "
+            f"{evaluation['bootstrap_resamples']} bootstrap resamples):", "",
+            f"- mAP50 {_metric(evaluation['mAP50'])}{_interval(evaluation['mAP50_interval95'])}",
+            f"- mAP50-95 {_metric(evaluation['mAP50-95'])}{_interval(evaluation['mAP50-95_interval95'])}",
+            "- mAP50-95 by object size: " + ", ".join(f"{size} {_metric(ap)}" for size, ap in evaluation["AP_by_size"].items()),
+            "- AP50 per class: " + ", ".join(f"{name} {_metric(ap)}" for name, ap in evaluation["AP50_per_class"].items()),
+        ]
+        if report.get("training_heldout"):
+            held = report["training_heldout"]
+            lines.append(f"- For comparison, the model's held-out evaluation at training time: mAP50 {_metric(held['mAP50'])}"
+                         f"{_interval(held.get('mAP50_interval95'))} on {held['images']} frames")
+        lines.append("")
+    lines += ["## Reproduce", "", f"    {report['demo_command']}", "", "or step by step (in the repository root, with `.venv/bin` on PATH):", ""]
+    lines += [f"    {command}" for command in report["commands"]]
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(checkpoint: Path, work_dir: Path, engine_dir: Path, frames: int = DEMO_FRAMES, seed: int = DEMO_SEED,
+             threads: int = 0, bootstrap: int = DEMO_BOOTSTRAP) -> dict:
+    """The four steps; returns the report written to `work_dir`/report.json."""
+    import onnxruntime
+
+    from leaneye.engine import load_manifest, model_file
+    from leaneye.replay import ReplayOptions, replay_bag
+
+    from .export import export_engine
+
+    if not checkpoint.is_file():
+        raise LeanEyeError(f"{_display(checkpoint)}: the default model is missing; run `make train-default` first "
+                           "(about 40 minutes on 2 CPU cores)")
+    if frames < 1:
+        raise LeanEyeError(f"--frames: expected a positive number, got {frames}")
+    began = time.perf_counter()
+    wall: dict = {}
+    scenes_dir, detections_dir = work_dir / "scenes", work_dir / "detections"
+
+    _step(1, f"scenes: {frames} frames, seed {seed} -> {_display(scenes_dir)}")
+    scenes, reused = ensure_scenes(scenes_dir, frames, seed)
+    if reused:
+        print(f"      reusing {_display(scenes_dir)} (same parameters and generator)", file=sys.stderr)
+    wall["scenes"] = time.perf_counter() - began
+
+    _step(2, f"export: {_display(checkpoint)} -> {_display(engine_dir)} (ONNX Runtime, takes seconds)")
+    started = time.perf_counter()
+    exported = export_engine(checkpoint, engine_dir, force=True)
+    manifest = load_manifest(engine_dir)
+    wall["export"] = time.perf_counter() - started
+
+    _step(3, f"replay: {_display(scenes_dir / 'bag')} through {_display(engine_dir)}")
+    started = time.perf_counter()
+    replayed = replay_bag(scenes_dir / "bag", engine_dir, ReplayOptions(threads=threads, bootstrap=bootstrap),
+                          out=detections_dir, force=True)
+    wall["replay"] = time.perf_counter() - started
+    print(replayed.format())
+
+    _step(4, f"report: {_display(work_dir / 'report.md')}")
+    metrics_path = checkpoint.parent / "metrics.json"
+    training_heldout = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
+    wall["total"] = time.perf_counter() - began
+    report = {
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {platform.system()}, Python {platform.python_version()}, "
+                   f"ONNX Runtime {onnxruntime.__version__}",
+        "paths": {"checkpoint": _display(checkpoint), "bag": _display(scenes_dir / "bag"), "engine": _display(engine_dir),
+                  "detections": _display(detections_dir)},
+        "scenes": scenes, "scenes_reused": reused,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "model": model_facts(checkpoint),
+        "engine": {"backend": manifest.backend, "precision": manifest.precision, "model_sha256": manifest.model_sha256,
+                   "model_bytes": model_file(engine_dir, manifest).stat().st_size,
+                   "max_abs_difference_vs_torch": exported["max_abs_difference_vs_torch"]},
+        "replay": replayed.to_dict(),
+        "training_heldout": training_heldout,
+        "demo_command": demo_command(checkpoint, work_dir, engine_dir, frames, seed, threads, bootstrap),
+        "commands": commands(checkpoint, scenes_dir, engine_dir, detections_dir, frames, seed, threads, bootstrap),
+        "wall_s": {step: round(seconds, 2) for step, seconds in wall.items()},
+    }
+    atomic_write_text(work_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(work_dir / "report.md", report_markdown(report))
+    print(f"wrote {_display(work_dir / 'report.md')} and report.json in {wall['total']:.0f} s")
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leaneye-demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model.pt (default: the default model)")
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="scenes, output bag and report (default: %(default)s)")
+    parser.add_argument("--engine", type=Path, default=DEFAULT_ENGINE, help="engine directory to (re)write (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=DEMO_FRAMES, help="generated frames (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEMO_SEED, help="scene seed (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="inference threads (0 = ONNX Runtime's default)")
+    parser.add_argument("--bootstrap", type=int, default=DEMO_BOOTSTRAP, help="bootstrap resamples for the mAP intervals")
+    parser.set_defaults(func=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    run_demo(args.checkpoint, args.work_dir, args.engine, args.frames, args.seed, args.threads, args.bootstrap)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
