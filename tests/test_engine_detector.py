@@ -276,10 +276,52 @@ def test_detect_command_writes_coco_results(engine_dir, tmp_path, capsys):
     assert "missing.png" in capsys.readouterr().err
 
 
+def bench_stages(out):
+    """{stage: ms} from the lines `  NAME   VALUE ms` of `leaneye bench overhead`."""
+    stages = {}
+    for line in out.splitlines():
+        name, _, value = line.strip().rpartition("  ")
+        if value.endswith(" ms") and "(p90" not in line:
+            stages[name.strip()] = float(value[:-3])
+    return stages
+
+
 def test_bench_overhead_reports_time_outside_inference(engine_dir, tmp_path, capsys):
     import cv2
 
     cv2.imwrite(str(tmp_path / "frame.png"), frame())
     assert leaneye("bench", "overhead", "--engine", engine_dir, tmp_path / "frame.png", "--threads", "1") == 0
     out = capsys.readouterr().out
-    assert "outside the inference call" in out and "ratio outside / inference" in out and "image decoding" in out
+    assert "on 1 frames of" in out and f"frame size {FRAME_SIZE[1]}x{FRAME_SIZE[0]};" in out and "median of 200 runs" in out
+    stages = bench_stages(out)
+    assert set(stages) == {"preprocess", "postprocess", "glue", "inference call (session.run)",
+                           "image decoding (separate)"}
+    assert all(value >= 0 for value in stages.values()) and stages["image decoding (separate)"] > 0
+    assert "outside the inference call" in out and "ratio outside / inference" in out
+
+
+def test_bench_overhead_reads_bags_raw_and_compressed(engine_dir, tmp_path, capsys):
+    from leaneye import msgs
+    from leaneye.bags import open_bag_writer
+
+    bag = tmp_path / "drive"
+    with open_bag_writer(bag) as writer:
+        writer.add_topic("/camera/image_raw", msgs.IMAGE)
+        writer.add_topic("/front/compressed", msgs.COMPRESSED_IMAGE)
+        for index in range(3):
+            stamp = (index + 1) * 10**8
+            writer.write("/camera/image_raw", stamp, msgs.image_msg(frame(), stamp, "camera"))
+            writer.write("/front/compressed", stamp, msgs.compressed_image_msg(frame(), stamp, "camera", fmt="png"))
+    assert leaneye("bench", "overhead", "--engine", engine_dir, bag, "--frames", "2", "--runs", "200",
+                   "--threads", "1") == 0
+    out = capsys.readouterr().out
+    assert f"on 2 frames of {bag} /camera/image_raw" in out and f"frame size {FRAME_SIZE[1]}x{FRAME_SIZE[0]};" in out
+    raw_decode = bench_stages(out)["image decoding (separate)"]
+    # The raw topic's absent sibling is not there, the compressed topic is named directly.
+    assert leaneye("bench", "overhead", "--engine", engine_dir, bag / "drive.mcap", "--topic", "/front/compressed",
+                   "--threads", "1") == 0
+    out = capsys.readouterr().out
+    assert f"on 3 frames of {bag / 'drive.mcap'} /front/compressed" in out
+    assert bench_stages(out)["image decoding (separate)"] > raw_decode  # PNG decoding versus a view of the bytes
+    assert leaneye("bench", "overhead", "--engine", engine_dir, bag, "--topic", "/rear/image_raw") == 2
+    assert "/rear/image_raw" in capsys.readouterr().err

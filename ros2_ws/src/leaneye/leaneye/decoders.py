@@ -98,27 +98,39 @@ def yolox_grid(input_size: tuple[int, int], strides: tuple[int, ...]) -> tuple[n
     return (np.concatenate(cells).astype(np.float32), np.concatenate(cell_strides).astype(np.float32))
 
 
+@functools.lru_cache(maxsize=8)
+def _yolox_cell_table(input_size: tuple[int, int], strides: tuple[int, ...]) -> np.ndarray:
+    """(N, 4) float32 rows of cell x, cell y, stride, stride / 2: what decoding a cell needs, in one gather."""
+    cells, cell_strides = yolox_grid(input_size, strides)
+    return np.concatenate([cells, cell_strides, cell_strides * 0.5], axis=1)
+
+
 def decode_yolox(outputs: list, params: DecodeParams) -> Candidates:
     layout = "[1, N, 5 + classes] (dx, dy, log_w, log_h, objectness, class scores)"
     out = _single_output(outputs, "yolox", layout)
     _check_classes("yolox", out.shape[1] - 5, params, layout)
-    cells, strides = yolox_grid(tuple(params.input_size), tuple(params.strides))
-    if len(cells) != len(out):
+    table = _yolox_cell_table(tuple(params.input_size), tuple(params.strides))
+    if len(table) != len(out):
         raise LeanEyeError(f"decoder 'yolox': model output has {len(out)} cells but strides {list(params.strides)} over a "
-                           f"{params.input_size[1]}x{params.input_size[0]} input give {len(cells)}")
-    # Class scores are at most 1, so objectness alone bounds the score: filter on it first.
-    candidates = np.flatnonzero(out[:, 4] >= params.score_threshold)
-    class_scores = out[candidates, 5:]
-    scores = class_scores.max(axis=1) * out[candidates, 4]
-    passed = np.flatnonzero(scores >= params.score_threshold)
-    keep = candidates[passed]
-    if not len(keep):
+                           f"{params.input_size[1]}x{params.input_size[0]} input give {len(table)}")
+    # Class scores are at most 1, so objectness alone bounds the score: only the objectness column
+    # of the whole output is read, then only the rows of the few cells above the threshold. Each
+    # NumPy call costs microseconds however small its arrays, so there are few of them.
+    candidates = (out[:, 4] >= params.score_threshold).nonzero()[0]
+    if not len(candidates):
         return _empty()
-    strides_kept = strides[keep]
-    centres = (out[keep, :2] + cells[keep]) * strides_kept
-    half = np.exp(out[keep, 2:4]) * (strides_kept * 0.5)
-    boxes = np.concatenate([centres - half, centres + half], axis=1)
-    return _result(boxes, scores[passed], class_scores[passed].argmax(axis=1))
+    rows = out.take(candidates, axis=0)
+    scores = rows[:, 5:].max(axis=1) * rows[:, 4]
+    passed = (scores >= params.score_threshold).nonzero()[0]
+    if len(passed) < len(rows):
+        rows, candidates, scores = rows.take(passed, axis=0), candidates.take(passed), scores.take(passed)
+    cells = table.take(candidates, axis=0)
+    centres = (rows[:, :2] + cells[:, :2]) * cells[:, 2:3]
+    half = np.exp(rows[:, 2:4]) * cells[:, 3:]
+    boxes = np.empty((len(rows), 4), np.float32)
+    np.subtract(centres, half, out=boxes[:, :2])
+    np.add(centres, half, out=boxes[:, 2:])
+    return _result(boxes, scores, rows[:, 5:].argmax(axis=1))
 
 
 def decode_ultralytics(outputs: list, params: DecodeParams) -> Candidates:

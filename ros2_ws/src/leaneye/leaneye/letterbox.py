@@ -5,6 +5,7 @@ whatever the camera's resolution.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -24,14 +25,16 @@ class LetterboxTransform:
 
     def to_original(self, boxes_xyxy: np.ndarray, image_size: tuple[int, int] | None = None) -> np.ndarray:
         """Map (N, 4) network-input boxes to original pixels; clip to `image_size` (height, width) if given."""
-        out = np.empty_like(boxes_xyxy, dtype=np.float32)
-        out[:, 0::2] = (boxes_xyxy[:, 0::2] - self.pad_x) / self.scale
-        out[:, 1::2] = (boxes_xyxy[:, 1::2] - self.pad_y) / self.scale
+        out = np.subtract(boxes_xyxy, self._pad_xyxy, dtype=np.float32)
+        out /= np.float32(self.scale)
         if image_size is not None:
             height, width = image_size
-            np.clip(out[:, 0::2], 0, width, out=out[:, 0::2])
-            np.clip(out[:, 1::2], 0, height, out=out[:, 1::2])
+            np.minimum(np.maximum(out, 0, out=out), np.array([width, height, width, height], np.float32), out=out)
         return out
+
+    @functools.cached_property
+    def _pad_xyxy(self) -> np.ndarray:
+        return np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)
 
     def to_network(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         out = np.empty_like(boxes_xyxy, dtype=np.float32)
