@@ -109,6 +109,7 @@ def test_short_training_lowers_the_loss_and_writes_a_checkpoint_that_exports(tmp
     assert compress_main(["export", str(out / "model.pt"), "--out", str(engine)]) == 0
     manifest = json.loads((engine / "manifest.json").read_text())
     assert manifest["decoder"]["type"] == "builtin" and manifest["input"]["shape"] == [1, 3, 96, 320]
+    assert manifest["producer"]["max_abs_difference_vs_torch"] < 1e-3 and manifest["producer"]["opset"] == 17
 
 
 def test_bad_inputs_fail_with_one_line_naming_the_culprit(tmp_path, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leaneye.engine import InputSpec, Manifest, tool_versions, write_engine
+from leaneye.engine import InputSpec, Manifest, file_sha256, tool_versions, write_engine
 from leaneye.errors import LeanEyeError
 
 from .checkpoint import load_model
@@ -28,15 +28,20 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "output"
 
 
-def builtin_manifest(model: LeanDet, class_names, model_sha256: str = "", precision: str = "fp32") -> Manifest:
-    """How a runtime feeds and decodes this model (the sha is filled in when the file is written)."""
+def builtin_manifest(model: LeanDet, class_names, model_sha256: str = "", precision: str = "fp32",
+                     record: dict | None = None) -> Manifest:
+    """How a runtime feeds and decodes this model (the sha is filled in when the file is written).
+
+    `record` (what the export stage did) goes into the manifest's producer field.
+    """
     c = model.config
     return Manifest(
         backend="onnxruntime", precision=precision, model="model.onnx", model_sha256=model_sha256,
         input=InputSpec(name=INPUT_NAME, shape=(1, 3, c.input_height, c.input_width), color="bgr", scale=1 / 255),
         letterbox_align="center", letterbox_pad_value=114, decoder="builtin", decoder_params={},
         class_names=tuple(class_names),
-        producer={"tool": "leaneye-compress export", "versions": tool_versions("leaneye-compress", "torch", "onnx")},
+        producer={"tool": "leaneye-compress export", "versions": tool_versions("leaneye-compress", "torch", "onnx"),
+                  **(record or {})},
     )
 
 
@@ -63,17 +68,17 @@ def onnx_bytes(model: LeanDet) -> bytes:
 
 
 def export_engine(checkpoint: Path, out: Path, force: bool = False) -> dict:
-    """Checkpoint → engine directory; returns the record written to `export.json` beside the checkpoint's output."""
+    """Checkpoint → engine directory; returns what the stage did, also recorded in the manifest's producer field."""
     model, meta = load_model(checkpoint)
     data = onnx_bytes(model)
     # The export must compute what PyTorch computes: compare on one random input before writing.
     max_diff = onnx_max_difference(model, data)
     if max_diff > 1e-3:
         raise LeanEyeError(f"{checkpoint}: ONNX export differs from PyTorch by {max_diff:.2e} (expected < 1e-3)")
-    manifest = builtin_manifest(model, meta["class_names"])
-    written = write_engine(out, data, manifest.to_dict(), force=force)
-    return {"checkpoint": str(checkpoint), "engine": str(out), "opset": OPSET, "onnx_bytes": len(data),
-            "model_sha256": written.model_sha256, "max_abs_difference_vs_torch": max_diff}
+    record = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(Path(checkpoint)), "opset": OPSET,
+              "max_abs_difference_vs_torch": max_diff}
+    written = write_engine(out, data, builtin_manifest(model, meta["class_names"], record=record).to_dict(), force=force)
+    return {**record, "engine": str(out), "onnx_bytes": len(data), "model_sha256": written.model_sha256}
 
 
 def onnx_max_difference(model: LeanDet, data: bytes, seed: int = 0) -> float:

@@ -16,7 +16,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,7 @@ def _from_dict(cls, data: dict, where: str):
         raise LeanEyeError(f"{where}: unknown key {unknown[0]!r}; expected one of {', '.join(known)}")
     values = {}
     for name, value in data.items():
-        default = getattr(cls(), name) if cls is not TrainConfig else getattr(TrainConfig(), name)
+        default = getattr(cls(), name)
         if isinstance(default, (ScenesConfig, LossConfig)):
             value = _from_dict(type(default), value, f"{where}.{name}")
         elif isinstance(default, tuple):
