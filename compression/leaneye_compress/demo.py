@@ -29,7 +29,6 @@ from pathlib import Path
 
 from leaneye.atomic import atomic_write_text
 from leaneye.cli import run_command
-from leaneye.engine import file_sha256
 from leaneye.errors import LeanEyeError
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "default_model" / "model.pt"
@@ -75,10 +74,7 @@ def ensure_scenes(scenes_dir: Path, frames: int, seed: int) -> tuple[dict, bool]
 
     Returns (parameters, reused).
     """
-    from tqdm import tqdm
-
-    from leaneye.scenes.dataset import write_scene_dataset
-    from leaneye.scenes.render import generate_frames
+    from leaneye.scenes.dataset import generate_scene_dataset
 
     parameters = scene_parameters(frames, seed)
     record = scenes_dir.with_name(scenes_dir.name + ".json")
@@ -88,9 +84,7 @@ def ensure_scenes(scenes_dir: Path, frames: int, seed: int) -> tuple[dict, bool]
         previous = None
     if previous == parameters and (scenes_dir / "bag" / "metadata.yaml").is_file():
         return parameters, True
-    generated = generate_frames(frames, seed, FRAME_SIZE, RATE_HZ)
-    with tqdm(total=frames, desc="scenes", unit="frame", file=sys.stderr) as progress:
-        write_scene_dataset(scenes_dir, generated, storage="mcap", force=True, progress=progress)
+    generate_scene_dataset(scenes_dir, frames, seed, FRAME_SIZE, RATE_HZ, storage="mcap", force=True)
     atomic_write_text(record, json.dumps(parameters, indent=2) + "\n")
     return parameters, False
 
@@ -245,7 +239,7 @@ def run_demo(checkpoint: Path, work_dir: Path, engine_dir: Path, frames: int = D
         "paths": {"checkpoint": _display(checkpoint), "bag": _display(scenes_dir / "bag"), "engine": _display(engine_dir),
                   "detections": _display(detections_dir)},
         "scenes": scenes, "scenes_reused": reused,
-        "checkpoint_sha256": file_sha256(checkpoint),
+        "checkpoint_sha256": exported["checkpoint_sha256"],
         "model": model_facts(checkpoint),
         "engine": {"backend": manifest.backend, "precision": manifest.precision, "model_sha256": manifest.model_sha256,
                    "model_bytes": model_file(engine_dir, manifest).stat().st_size,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..atomic import check_output_path
@@ -35,10 +34,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .dataset import write_scene_dataset
-    from .render import generate_frames
+    from .dataset import generate_scene_dataset
 
     if args.frames <= 0:
         raise LeanEyeError(f"--frames {args.frames}: expected a positive number of frames")
@@ -46,9 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise LeanEyeError(f"--rate {args.rate}: expected a positive frame rate in Hz")
     size = parse_size(args.size)
     check_output_path(args.out, args.force, "--out")
-    frames = generate_frames(args.frames, args.seed, size, args.rate)
-    with tqdm(total=args.frames, desc="scenes", unit="frame", file=sys.stderr) as progress:
-        stats = write_scene_dataset(args.out, frames, storage=args.storage, compressed=args.compressed,
-                                    frame_id=args.frame_id, force=args.force, progress=progress)
+    stats = generate_scene_dataset(args.out, args.frames, args.seed, size, args.rate, storage=args.storage,
+                                   compressed=args.compressed, frame_id=args.frame_id, force=args.force)
     print(f"wrote {args.out}: {stats.format()}")
     return 0

@@ -15,6 +15,7 @@ Folder layout written by `write_scene_dataset` (and `leaneye scenes`):
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -173,3 +174,16 @@ def write_scene_dataset(out: Path, frames: Iterable[SceneFrame], storage: str = 
         (tmp / "stats.json").write_text(json.dumps(stats.summary(), indent=2))
     return stats
 
+
+
+def generate_scene_dataset(out: Path, frames: int, seed: int, size: tuple[int, int] = (1224, 370), rate_hz: float = 10.0,
+                           storage: str = "mcap", compressed: bool = False, frame_id: str = "camera",
+                           force: bool = False) -> SceneStats:
+    """Render `frames` frames of sequence `seed` into a dataset folder, with a progress bar."""
+    from tqdm import tqdm
+
+    from .render import generate_frames
+
+    with tqdm(total=frames, desc="scenes", unit="frame", file=sys.stderr) as progress:
+        return write_scene_dataset(out, generate_frames(frames, seed, size, rate_hz), storage=storage,
+                                   compressed=compressed, frame_id=frame_id, force=force, progress=progress)
