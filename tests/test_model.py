@@ -110,6 +110,14 @@ def test_short_training_lowers_the_loss_and_writes_a_checkpoint_that_exports(tmp
     manifest = json.loads((engine / "manifest.json").read_text())
     assert manifest["decoder"]["type"] == "builtin" and manifest["input"]["shape"] == [1, 3, 96, 320]
     assert manifest["producer"]["max_abs_difference_vs_torch"] < 1e-3 and manifest["producer"]["opset"] == 17
+    # The exported ONNX imported on its own gets the same preparation of frames as the export gave it.
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(manifest["class_names"]) + "\n")
+    imported = tmp_path / "imported"
+    assert compress_main(["import", str(engine / manifest["model"]), "--decoder", "builtin", "--classes", str(classes),
+                          "--out", str(imported)]) == 0
+    imported_manifest = json.loads((imported / "manifest.json").read_text())
+    assert imported_manifest["input"] == manifest["input"] and imported_manifest["letterbox"] == manifest["letterbox"]
 
 
 def test_bad_inputs_fail_with_one_line_naming_the_culprit(tmp_path, capsys):

@@ -63,6 +63,15 @@ def test_nms_class_aware_keeps_overlapping_boxes_of_other_classes():
     assert nms(boxes, scores, class_ids, 0.5, class_agnostic=True).tolist() == [0]
 
 
+def test_nms_keeps_classes_apart_beyond_the_top_left_corner():
+    # Shifting class 1 by (largest coordinate + 1) would land this box, which lies beyond the
+    # frame's top-left corner, exactly on the class-0 box: the offsets must use the full extent.
+    boxes = np.array([[90, 90, 100, 100], [-11, -11, -1, -1]], dtype=np.float32)
+    scores = np.array([0.9, 0.8], dtype=np.float32)
+    assert nms(boxes, scores, np.array([0, 1]), 0.5).tolist() == [0, 1]
+    assert nms(boxes + [[0, 0, 0, 0], [101, 101, 101, 101]], scores, np.array([0, 0]), 0.5).tolist() == [0]
+
+
 def test_nms_empty_and_mismatched():
     empty = nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), 0.5)
     assert empty.shape == (0,)
@@ -78,7 +87,7 @@ from leaneye.errors import LeanEyeError  # noqa: E402
 
 def decode(name, output, input_size=(64, 96), num_classes=3, score_threshold=0.3):
     params = DecodeParams(input_size=input_size, num_classes=num_classes, score_threshold=score_threshold)
-    return DECODERS[name].decode([output], params)
+    return DECODERS[name].build(params)([output])
 
 
 def test_builtin_decoder_keeps_best_class_above_threshold():

@@ -9,7 +9,7 @@ outputs are decoded. Preparation defaults follow each family's own inference cod
 
 - yolox: BGR, raw 0-255, letterbox aligned top-left, padded with 114;
 - ultralytics, end2end: RGB scaled to 0-1, letterbox centred, padded with 114;
-- builtin (the project's own models): RGB 0-1, centred, 114.
+- builtin (the project's own models): BGR scaled to 0-1, centred, 114, as `export` writes them.
 
 Ultralytics exports carry `names`, `imgsz` and `stride` in the ONNX metadata; they are read, so
 --classes is optional there.
@@ -25,12 +25,12 @@ from leaneye.decoders import DECODERS
 from leaneye.engine import tool_versions, write_engine
 from leaneye.errors import LeanEyeError
 
-INPUT_FORMATS = {"bgr255": ("bgr", 1.0), "rgb01": ("rgb", 1.0 / 255.0)}
+INPUT_FORMATS = {"bgr255": ("bgr", 1.0), "rgb01": ("rgb", 1.0 / 255.0), "bgr01": ("bgr", 1.0 / 255.0)}
 DEFAULTS = {  # decoder -> (input format, letterbox align)
     "yolox": ("bgr255", "top-left"),
     "ultralytics": ("rgb01", "center"),
     "end2end": ("rgb01", "center"),
-    "builtin": ("rgb01", "center"),
+    "builtin": ("bgr01", "center"),  # as `leaneye-compress export` writes it
 }
 PAD_VALUE = 114
 YOLOX_STRIDES = [8, 16, 32]

@@ -219,8 +219,9 @@ def train(config: TrainConfig, out: Path, work_dir: Path, resume: bool = False, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         _ema_update(ema, model, config.ema_decay * (1 - math.exp(-(iteration + 1) / 200)))
-        running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
-        window.append(float(loss))
+        loss_value = loss.item()
+        running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
+        window.append(loss_value)
         bar.set_postfix(loss=f"{running:.3f}", cls=f"{parts['cls']:.3f}", box=f"{parts['box']:.3f}")
         bar.update(1)
         done = iteration + 1

@@ -106,4 +106,4 @@ def detection_loss(cls_logits: torch.Tensor, pred_boxes: torch.Tensor, points: t
     loss_cls = (bce * cls_weight[..., None]).sum() / norm
     loss_box = torch.cat(box_losses).sum() / norm if box_losses else pred_boxes.sum() * 0.0
     total = config.cls_weight * loss_cls + config.box_weight * loss_box
-    return total, {"cls": float(loss_cls), "box": float(loss_box)}
+    return total, {"cls": loss_cls.item(), "box": loss_box.item()}

@@ -27,20 +27,24 @@ receives it; `--runs` frames are timed (median, at least 200). Per frame it repo
 (decoding, NMS, boxes back to frame pixels), glue (the rest of `detect`), their sum outside the
 inference call and its ratio to the call; the decoding of the file or message is reported apart.
 
-Measured on YOLOX-Nano (416x416) with 1224x370 bgr8 frames (a `leaneye scenes` bag; KITTI frames
-resized), ONNX Runtime CPU with 1 thread, on a 2-core AMD EPYC VM whose other core trains a model:
-outside the inference call 0.60-0.76 ms (preprocess 0.23-0.33, postprocess 0.32-0.42, glue 0.02)
-next to 14-16 ms in the call, a ratio of about 0.045. Interleaved on the same frames, the
-implementation before the trimming of NumPy calls took 0.85-0.91 ms where this one took
-0.69-0.76 (postprocess 0.47-0.56 against 0.34-0.41). The goal of
-0.5 ms is not reached on that machine: after any pause of 16 ms or more, inference or a busy-wait
-alike, its caches no longer hold the Python and NumPy code, so each NumPy call costs 5-40 us
-however small its arrays (preprocess + postprocess: 0.48 ms back to back, 0.83 ms after a 16 ms
-busy-wait that touches no memory). Of the remaining time, the resize is about 0.15 ms, the
-conversion into the float tensor 0.08, the first NumPy call and the scan of the 3549 objectness
-scores 0.08, and NMS of a dozen candidates 0.1. On the same VM with nothing else running (the
-demo bag's 1224x370 frames, default threads, 400 runs): 0.552 ms outside (preprocess 0.236,
-postprocess 0.288) next to 9.2 ms in the call, a ratio of 0.060 — still above the goal.
+Measured on YOLOX-Nano (416x416), the demo bag's 1224x370 bgr8 frames, ONNX Runtime CPU with
+its default 2 threads, 50 frames in turn, median of 400, on a 2-core AMD EPYC VM with nothing else
+running: 0.39 ms outside the inference call (preprocess 0.20-0.21, postprocess 0.17, glue 0.01;
+p90 0.44) next to 4.6 ms in the call, a ratio of 0.085; with 1 thread 0.43 ms next to 7.8 ms. The
+50 KITTI JPEGs (1224-1242 x 370-376): 0.37 ms outside, JPEG decoding 1.3 ms apart. The default
+model's engine (640x192, scaled input): 0.69 ms outside next to 5.3 ms.
+
+Right after inference the caches no longer hold the Python and NumPy code, so each distinct NumPy
+or Python call costs 2-15 us however small its arrays (the same postprocess takes about 0.02 ms
+back to back, 0.2 ms after a `session.run`). What is left: the resize, which reads most of the
+1.4 MB frame (0.12-0.15 ms), the converting copy into the float tensor (0.03), the first NumPy
+call on the output with its scan of the 3549 objectness scores (0.04), the rest of decoding
+(0.06) and NMS (0.05). Interleaved in one process on the same frames and one ONNX Runtime
+session, the previous implementation (NumPy NMS, per-frame decoder lookups, float64 scaling)
+took 0.445 ms outside where this one takes 0.407 (postprocess 0.218 against 0.181), and on the
+default model's engine 0.794 against 0.693 ms. Timings on this shared VM drift by up to a
+third from hour to hour (the previous implementation measured 0.55 ms outside next to 9.2 ms in the call on a
+busier day), so compare figures from one run.
 """
 from __future__ import annotations
 

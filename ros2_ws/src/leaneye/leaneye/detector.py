@@ -7,10 +7,11 @@
 Per frame the work outside the backend is kept small: the input tensor is allocated once and its
 padding written only when the frame size changes (then only where the previous frame was); each
 frame only the resized picture is written into it (one resize, one split into planes, one
-converting copy), and decoding and NMS are vectorised over the few candidates above the score
-threshold. Right after inference the CPU's caches hold the network, not this code: every NumPy
-call then costs several microseconds however small its arrays, so the number of calls is what
-is kept down (figures in `leaneye.detect_cli`).
+converting copy, one float32 scaling when the engine scales), the decoder reads only the rows of
+the few candidates above the score threshold, and NMS is OpenCV's compiled loop. Right after
+inference the CPU's caches hold the network, not this code: every NumPy or Python call then costs
+several microseconds however small its arrays, so the number of distinct calls is what is kept
+down (figures in `leaneye.detect_cli`).
 """
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ class InputTensor:
         std = np.asarray(spec.std if spec.std is not None else (1.0, 1.0, 1.0), dtype=np.float64)
         mean = np.asarray(spec.mean if spec.mean is not None else (0.0, 0.0, 0.0), dtype=np.float64)
         # tensor = (pixel * scale - mean) / std = pixel * gain + offset, per network channel
-        self.gain = (spec.scale / std).reshape(3, 1, 1)
-        self.offset = (-mean / std).reshape(3, 1, 1)
+        self.gain = _per_channel(spec.scale / std)
+        self.offset = _per_channel(-mean / std)
         self.scales = bool(np.any(self.gain != 1.0))
         self.shifts = bool(np.any(self.offset != 0.0))
         # Set per frame size by _prepare: the transform, the resized frame and its BGR planes, the
@@ -107,6 +108,14 @@ class InputTensor:
         return self.transform
 
 
+def _per_channel(values: np.ndarray):
+    """Per-channel factors in float32, the tensor's type (a mixed-type NumPy loop costs several times
+    more per frame); one scalar when all channels share it, which NumPy applies faster still."""
+    if np.all(values == values[0]):
+        return np.float32(values[0])
+    return values.astype(np.float32).reshape(3, 1, 1)
+
+
 def check_frame(frame) -> None:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         described = (f"shape {list(frame.shape)} dtype {frame.dtype}" if isinstance(frame, np.ndarray)
@@ -136,6 +145,7 @@ class Detector:
         params = {k: tuple(v) for k, v in manifest.decoder_params.items()}  # strides
         self.decode_params = DecodeParams(input_size=manifest.input.size, num_classes=len(manifest.class_names),
                                           score_threshold=conf, **params)
+        self.decode = self.decoder.build(self.decode_params)
         self.input = InputTensor(manifest.input, manifest.letterbox_align, manifest.letterbox_pad_value)
 
     @classmethod
@@ -172,7 +182,7 @@ class Detector:
 
     def postprocess(self, outputs: list, transform: LetterboxTransform, image_size: tuple[int, int]):
         """Decode, suppress and map back to frame pixels: (boxes, scores, class_ids)."""
-        boxes, scores, class_ids = self.decoder.decode(outputs, self.decode_params)
+        boxes, scores, class_ids = self.decode(outputs)
         if not len(scores):
             return boxes, scores, class_ids
         if self.decoder.runs_nms:

@@ -25,22 +25,36 @@ class LetterboxTransform:
 
     def to_original(self, boxes_xyxy: np.ndarray, image_size: tuple[int, int] | None = None) -> np.ndarray:
         """Map (N, 4) network-input boxes to original pixels; clip to `image_size` (height, width) if given."""
-        out = np.subtract(boxes_xyxy, self._pad_xyxy, dtype=np.float32)
-        out /= np.float32(self.scale)
+        # The same few ufuncs as decoding and NMS, in place: right after inference each new kind of
+        # NumPy call costs microseconds, a repeated one much less.
+        out = np.asarray(boxes_xyxy, dtype=np.float32) - self._pad_xyxy
+        out *= self._inverse_scale
         if image_size is not None:
-            height, width = image_size
-            np.minimum(np.maximum(out, 0, out=out), np.array([width, height, width, height], np.float32), out=out)
+            np.maximum(out, 0, out=out)
+            np.minimum(out, _frame_corner(*image_size), out=out)
         return out
 
     @functools.cached_property
     def _pad_xyxy(self) -> np.ndarray:
         return np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)
 
+    @functools.cached_property
+    def _inverse_scale(self) -> np.float32:
+        return np.float32(1.0 / self.scale)
+
     def to_network(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         out = np.empty_like(boxes_xyxy, dtype=np.float32)
         out[:, 0::2] = boxes_xyxy[:, 0::2] * self.scale + self.pad_x
         out[:, 1::2] = boxes_xyxy[:, 1::2] * self.scale + self.pad_y
         return out
+
+
+@functools.lru_cache(maxsize=16)
+def _frame_corner(height: int, width: int) -> np.ndarray:
+    """The upper clip limits of xyxy boxes in a frame of `height` x `width` pixels."""
+    corner = np.array([width, height, width, height], np.float32)
+    corner.flags.writeable = False  # shared by every caller
+    return corner
 
 
 def letterbox_transform(image_size: tuple[int, int], input_size: tuple[int, int], align: str = "center") -> LetterboxTransform:
