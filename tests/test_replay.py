@@ -8,7 +8,12 @@ environment) the real YOLOX-Nano of ../shared/fixtures stands in.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -299,3 +304,34 @@ def test_a_corrupt_frame_is_counted_and_skipped(tmp_path, capsys, engine):
     _compressed_bag(all_bad, [b"garbage", b"more garbage"])
     _assert_fails_cleanly(["replay", str(all_bad), "--engine", str(engine), "--topic", "/cam/image_raw",
                            "--out", str(tmp_path / "out2")], capsys, tmp_path / "out2", "none of its 2 frames decodes")
+
+
+def test_ctrl_c_during_replay_leaves_nothing_behind(tmp_path, engine):
+    """A real `leaneye replay` process, interrupted with SIGINT once it is under way."""
+    frames = 20000  # tiny frames: the run lasts seconds (it is interrupted well before), the bag stays small
+    source = tmp_path / "long"
+    image = np.full((12, 16, 3), 90, np.uint8)
+    with bags.open_bag_writer(source) as writer:
+        writer.add_topic(IMAGE_TOPIC, msgs.IMAGE)
+        for index in range(frames):
+            stamp_ns = 1_000_000_000 + index * 50_000_000
+            writer.write(IMAGE_TOPIC, stamp_ns, msgs.image_msg(image, stamp_ns, "camera", encoding="bgr8"))
+    out, report = tmp_path / "out", tmp_path / "replay.json"
+    process = subprocess.Popen([sys.executable, "-m", "leaneye.cli", "replay", str(source), "--engine", str(engine),
+                                "--out", str(out), "--json", str(report)], stderr=subprocess.PIPE)
+    progress = b""
+    try:
+        # tqdm redraws its bar with carriage returns: read raw bytes until frames are being processed.
+        while not re.search(rb"[1-9]\d*/%d" % frames, progress):
+            chunk = os.read(process.stderr.fileno(), 4096)
+            assert chunk, f"replay ended before it could be interrupted: {progress.decode(errors='replace')}"
+            progress += chunk
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, (progress + rest).decode(errors="replace")
+    assert b"interrupted; nothing half-written was left behind" in rest
+    done = int(re.findall(rb"(\d+)/%d" % frames, progress)[-1])
+    assert 0 < done < frames
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["long"]  # no output, no temporary left

@@ -42,7 +42,8 @@ def _video_frames(path) -> list[np.ndarray]:
 def test_from_video_frames_rate_and_pixels(tmp_path, capsys):
     video = _highway()
     out = tmp_path / "highway"
-    assert _leaneye(["bag", "from-video", str(video), "--out", str(out), "--raw", "--frame-id", "dashcam"]) == 0
+    assert _leaneye(["bag", "from-video", str(video), "--out", str(out), "--raw", "--frame-id", "dashcam",
+                     "--start-time", "1700000000.123456789"]) == 0
     assert "wrote 38 frames" in capsys.readouterr().out
     expected = _video_frames(video)
     assert len(expected) == 38 and video_info(video).fps == 25
@@ -56,6 +57,9 @@ def test_from_video_frames_rate_and_pixels(tmp_path, capsys):
         assert all(isinstance(frame, bags.ImageFrame) for frame in frames) and len(frames) == 38
         assert np.diff([frame.stamp_ns for frame in frames]).tolist() == [40_000_000] * 37
         assert {frame.header.frame_id for frame in frames} == {"dashcam"}
+        # Exact to the nanosecond, header stamp and bag time alike.
+        assert frames[0].stamp_ns == 1_700_000_000_123_456_789
+        assert (frames[0].header.stamp.sec, frames[0].header.stamp.nanosec) == (1_700_000_000, 123_456_789)
     assert log_times == [frame.stamp_ns for frame in compressed]
     for index in (0, 17, 37):
         assert np.array_equal(raw[index].image, expected[index])
@@ -83,3 +87,6 @@ def test_unreadable_video_leaves_no_bag(tmp_path, capsys):
         video_to_bag(tmp_path / "absent.mp4", out)
     assert _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--storage", "rosbag1"]) == 2
     assert "storage" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit):
+        _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--start-time", "yesterday"])
+    assert "--start-time" in capsys.readouterr().err and not out.exists()

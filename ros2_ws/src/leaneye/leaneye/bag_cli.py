@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import decimal
 
 from .errors import LeanEyeError
 
@@ -42,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from_video.add_argument("--raw", action="store_true", help="also write raw bgr8 images on the raw topic")
     from_video.add_argument("--storage", default="mcap", help="mcap or sqlite3 (default: %(default)s)")
     from_video.add_argument("--fps", type=float, help="frame rate to stamp with, overriding the video's")
+    from_video.add_argument("--start-time", type=_unix_time_ns, default=0, metavar="SECONDS",
+                            help="Unix time of the first frame, e.g. the recording's start "
+                                 "(1700000000.25; default 0, the epoch)")
     from_video.add_argument("--jpeg-quality", type=int, default=90, help="0-100 (default: %(default)s)")
     from_video.add_argument("--force", action="store_true", help="replace --out if it exists")
     from_video.set_defaults(func=_from_video)
@@ -52,6 +56,17 @@ def _baginfo(args: argparse.Namespace) -> int:
 
     print(bag_info(args.bag, count=args.count).format_text())
     return 0
+
+
+def _unix_time_ns(text: str) -> int:
+    """Seconds since the epoch, read exactly (a float would round stamps of today to ~0.2 us)."""
+    try:
+        seconds = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected seconds since the epoch, got {text!r}") from None
+    if not seconds.is_finite() or seconds < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds since the epoch (>= 0), got {text!r}")
+    return int(seconds * 1_000_000_000)
 
 
 def _from_video(args: argparse.Namespace) -> int:
@@ -69,6 +84,7 @@ def _from_video(args: argparse.Namespace) -> int:
         storage=args.storage,
         force=args.force,
         fps=args.fps,
+        start_ns=args.start_time,
         jpeg_quality=args.jpeg_quality,
     )
     raw_topic, compressed_topic = image_topics(args.topic)
