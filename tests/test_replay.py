@@ -108,11 +108,11 @@ def scenes(tmp_path_factory):
 
 
 def _read_mcap(bag: Path) -> dict:
-    """{topic: [(log_time, decoded)]} by Foxglove's reader."""
+    """{topic: [(log_time, decoded)]} by Foxglove's reader, from a bag folder or a single .mcap file."""
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
 
-    [file] = bag.glob("*.mcap")
+    [file] = [bag] if bag.is_file() else bag.glob("*.mcap")
     out: dict = {}
     with file.open("rb") as stream:
         reader = make_reader(stream, decoder_factories=[DecoderFactory()])
@@ -210,6 +210,23 @@ def test_nothing_found_gives_empty_arrays_and_names_can_replace_indices(tmp_path
     assert class_ids and set(class_ids) <= set(_engine_classes(engine))
 
 
+@pytest.mark.parametrize("name", ["detections.mcap", "detections.db3"])
+def test_an_out_named_like_a_storage_file_is_that_file_alone(tmp_path, scenes, engine, name):
+    """`--out OUT.mcap` writes one self-contained MCAP file (what Foxglove opens), `.db3` one SQLite file."""
+    source = scenes("mcap") / "bag"
+    out = tmp_path / name
+    assert leaneye_main(["replay", str(source), "--engine", str(engine), "--out", str(out), "--no-eval"]) == 0
+    assert [path.name for path in tmp_path.iterdir()] == [name] and out.is_file()  # no folder, no temporary left
+    image_stamps = [_stamp(msg) for _, msg in _read_mcap(source)[IMAGE_TOPIC]]
+    with bags.open_bag_reader(out) as reader:
+        assert reader.storage == ("mcap" if out.suffix == ".mcap" else "sqlite3")
+        assert reader.counts == {DETECTIONS_TOPIC: FRAMES, LATENCY_TOPIC: FRAMES, LABEL_INFO_TOPIC: 1}
+        stamps = [_stamp(msg) for _, _, msg in reader.messages([DETECTIONS_TOPIC])]
+    assert stamps == image_stamps
+    if out.suffix == ".mcap":
+        assert [_stamp(msg) for _, msg in _read_mcap(out)[DETECTIONS_TOPIC]] == image_stamps
+
+
 def test_replay_of_a_bag_made_from_a_real_video(tmp_path, capsys, engine):
     video = shared_fixtures_dir() / "driving_video" / "highway_720p.mp4"
     source, out = tmp_path / "highway", tmp_path / "detections"
@@ -254,8 +271,8 @@ def test_bad_bags_and_arguments_fail_in_one_line_and_leave_nothing(tmp_path, cap
     out = tmp_path / "out"
     _assert_fails_cleanly(["replay", str(good), "--engine", str(engine), "--out", str(out), "--topic", "/rear/image"],
                           capsys, out, "/rear/image", f"image topics present: {IMAGE_TOPIC} (sensor_msgs/msg/Image)")
-    _assert_fails_cleanly(["replay", str(good), "--engine", str(engine), "--out", str(tmp_path / "out.mcap")],
-                          capsys, tmp_path / "out.mcap", "bag folder")
+    _assert_fails_cleanly(["replay", str(good), "--engine", str(engine), "--out", str(tmp_path / "out.mcap"),
+                           "--storage", "sqlite3"], capsys, tmp_path / "out.mcap", "out.mcap: a .mcap file holds mcap storage, not sqlite3")
     _assert_fails_cleanly(["replay", str(good), "--engine", str(tmp_path / "no_engine"), "--out", str(out)],
                           capsys, out, "not an engine directory")
 

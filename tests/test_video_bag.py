@@ -76,6 +76,17 @@ def test_from_video_sqlite3_with_a_raw_topic_name(tmp_path):
     assert image_topics("/front/image") == image_topics("/front/image/compressed") == ("/front/image", "/front/image/compressed")
 
 
+def test_from_video_into_a_single_mcap_file(tmp_path, capsys):
+    out = tmp_path / "highway.mcap"
+    assert _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--fps", "5"]) == 0
+    assert "wrote 38 frames" in capsys.readouterr().out
+    assert [path.name for path in tmp_path.iterdir()] == ["highway.mcap"]
+    info = bags.bag_info(out, count=True)
+    assert (info.storage, info.files) == ("mcap", [out])
+    assert [(topic.name, topic.count) for topic in info.topics] == [("/camera/image_raw/compressed", 38)]
+    assert info.duration_ns == 37 * 200_000_000
+
+
 def test_unreadable_video_leaves_no_bag(tmp_path, capsys):
     not_a_video = tmp_path / "notes.mp4"
     not_a_video.write_text("not a video")
@@ -85,8 +96,13 @@ def test_unreadable_video_leaves_no_bag(tmp_path, capsys):
     assert not out.exists()
     with pytest.raises(LeanEyeError, match="no such video file"):
         video_to_bag(tmp_path / "absent.mp4", out)
-    assert _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--storage", "rosbag1"]) == 2
-    assert "storage" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit):
+        _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--storage", "rosbag1"])
+    assert "--storage" in capsys.readouterr().err and not out.exists()
+    mismatched = tmp_path / "bag.db3"
+    assert _leaneye(["bag", "from-video", str(_highway()), "--out", str(mismatched), "--storage", "mcap"]) == 2
+    assert "bag.db3: a .db3 file holds sqlite3 storage, not mcap" in capsys.readouterr().err
+    assert not mismatched.exists()
     with pytest.raises(SystemExit):
         _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--start-time", "yesterday"])
     assert "--start-time" in capsys.readouterr().err and not out.exists()

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     from_video.add_argument("video", help="video file OpenCV can read (mp4, avi, mkv, ...)")
-    from_video.add_argument("--out", required=True, help="bag folder to create")
+    from_video.add_argument("--out", required=True, help="bag to create: a folder, or a single .mcap / .db3 file")
     from_video.add_argument(
         "--topic",
         default="/camera/image_raw/compressed",
@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     from_video.add_argument("--frame-id", default="camera", help="header frame_id (default: %(default)s)")
     from_video.add_argument("--raw", action="store_true", help="also write raw bgr8 images on the raw topic")
-    from_video.add_argument("--storage", default="mcap", help="mcap or sqlite3 (default: %(default)s)")
+    from_video.add_argument("--storage", choices=("mcap", "sqlite3"),
+                            help="storage of --out (default: the one its suffix names, else mcap)")
     from_video.add_argument("--fps", type=float, help="frame rate to stamp with, overriding the video's")
     from_video.add_argument("--start-time", type=_unix_time_ns, default=0, metavar="SECONDS",
                             help="Unix time of the first frame, e.g. the recording's start "

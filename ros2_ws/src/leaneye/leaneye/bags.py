@@ -1,7 +1,8 @@
 """rosbag2 bags (MCAP and sqlite3 storage) without ROS, on top of the `rosbags` library.
 
 Writing: `open_bag_writer` writes a bag that Humble's rosbag2 opens (metadata version 8), with the
-message definitions embedded, and only renames it into place when it was closed without error.
+message definitions embedded, as a folder or a single .mcap/.db3 file, and only renames it into
+place when it was closed without error.
 
 Reading: `open_bag_reader` takes a bag folder or a single .mcap/.db3 file. It reads each storage
 file directly, because rosbags' folder reader matches the topics of metadata.yaml to those of the
@@ -43,6 +44,7 @@ from .errors import LeanEyeError
 BAG_VERSION = 8
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 STORAGE_SUFFIXES = {".mcap": "mcap", ".db3": "sqlite3"}
+_SUFFIX_OF = {storage: suffix for suffix, storage in STORAGE_SUFFIXES.items()}
 IMAGE_TYPES = (msgs.IMAGE, msgs.COMPRESSED_IMAGE)
 COMPRESSED_SUFFIX = "/compressed"
 
@@ -94,14 +96,35 @@ class BagWriter:
         self._writer.write(connection, int(stamp_ns), self._store.serialize_cdr(msg, connection.msgtype))
 
 
-@contextlib.contextmanager
-def open_bag_writer(path: Path | str, storage: str = "mcap", force: bool = False) -> Iterator[BagWriter]:
-    """A rosbag2 bag folder at `path`, in place only once the block exits without exception."""
+def output_storage(path: Path | str, storage: str | None = None) -> str:
+    """The storage a bag written to `path` uses: `storage`, else the one its suffix names, else mcap."""
+    path = Path(path)
+    by_suffix = STORAGE_SUFFIXES.get(path.suffix)
+    if storage is None:
+        return by_suffix or "mcap"
     if storage not in STORAGES:
         raise LeanEyeError(f"storage: expected one of {', '.join(STORAGES)}, got '{storage}'")
+    if by_suffix is not None and by_suffix != storage:
+        raise LeanEyeError(f"{path}: a {path.suffix} file holds {by_suffix} storage, not {storage}; "
+                           f"name it {path.stem}{_SUFFIX_OF[storage]} or drop the suffix for a bag folder")
+    return storage
+
+
+@contextlib.contextmanager
+def open_bag_writer(path: Path | str, storage: str | None = None, force: bool = False) -> Iterator[BagWriter]:
+    """A rosbag2 bag at `path`, in place only once the block exits without exception.
+
+    `path` is a bag folder (metadata.yaml beside one storage file), or, when it ends in .mcap or
+    .db3, that storage file alone (an MCAP file carries its schemas, channels and summary itself,
+    so MCAP tools read it without metadata.yaml). `storage` defaults to the suffix's
+    (`output_storage`).
+    """
     path = Path(path)
+    storage = output_storage(path, storage)
+    single_file = path.suffix in STORAGE_SUFFIXES
     with atomic_path(path, force=force) as tmp:
-        writer = Writer(tmp, version=BAG_VERSION, storage_plugin=STORAGES[storage])
+        folder = tmp.with_name(tmp.stem) if single_file else tmp
+        writer = Writer(folder, version=BAG_VERSION, storage_plugin=STORAGES[storage])
         writer.open()
         try:
             yield BagWriter(writer, path)
@@ -109,6 +132,9 @@ def open_bag_writer(path: Path | str, storage: str = "mcap", force: bool = False
             writer.abort()
             raise
         writer.close()
+        if single_file:
+            [file] = [file for file in folder.iterdir() if file.suffix == path.suffix]
+            file.replace(tmp)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,8 +58,6 @@ DETECTIONS_TOPIC = "/leaneye/detections"
 LABEL_INFO_TOPIC = "/leaneye/label_info"
 LATENCY_TOPIC = "/leaneye/latency"
 CLASS_ID_MODES = ("index", "name")
-# A bag is a folder (rosbag2 writes <name>/<name>.mcap and metadata.yaml): a file name is a mistake.
-_FILE_SUFFIXES = (".mcap", ".db3")
 _BAD_FRAMES_LISTED = 5
 
 
@@ -264,13 +262,6 @@ class ReplayReport:
         return "\n".join(lines)
 
 
-def check_replay_output(out: Path, force: bool) -> None:
-    if out.suffix in _FILE_SUFFIXES:
-        raise LeanEyeError(f"--out {out}: expected a bag folder name (rosbag2 writes a folder holding the "
-                           f"{out.suffix} file and metadata.yaml); drop the suffix")
-    check_output_path(out, force, "--out")
-
-
 def _scored(frames: Sequence, truth: BagTruth, names: Sequence[str], options: ReplayOptions):
     """EVAL.md scoring of (stamp, (height, width), Detections) per replayed frame that has truth."""
     from .evaluation import GroundTruth, ImageDetections, ImageTruth, evaluate
@@ -292,18 +283,20 @@ def _scored(frames: Sequence, truth: BagTruth, names: Sequence[str], options: Re
 
 
 def replay_bag(bag: Path | str, engine_dir: Path | str, options: ReplayOptions = ReplayOptions(),
-               out: Path | str | None = None, storage: str = "mcap", force: bool = False,
+               out: Path | str | None = None, storage: str | None = None, force: bool = False,
                progress: bool = True) -> ReplayReport:
-    """Replay `bag` (folder, .mcap or .db3) through the engine; write the output bag to `out` if given."""
+    """Replay `bag` (folder, .mcap or .db3) through the engine; write the output bag to `out` if given
+    (a folder, or a single .mcap / .db3 file; `storage` as in `leaneye.bags.output_storage`)."""
     from tqdm import tqdm
 
-    from .bags import FrameError, find_image_topic, iter_images, open_bag_reader, open_bag_writer
+    from .bags import FrameError, find_image_topic, iter_images, open_bag_reader, open_bag_writer, output_storage
     from .detector import Detector
 
     options.check()
     if out is not None:
         out = Path(out)
-        check_replay_output(out, force)
+        storage = output_storage(out, storage)
+        check_output_path(out, force, "--out")
     with contextlib.ExitStack() as stack:
         reader = stack.enter_context(open_bag_reader(bag))
         try:

@@ -1,6 +1,7 @@
 """`leaneye replay BAG --engine DIR`: run an engine over a recorded bag, as the vehicle would.
 
     leaneye replay runs/demo/scenes/bag --engine engines/default --out runs/demo/detections --json replay.json
+    leaneye replay runs/demo/scenes/bag --engine engines/default --out detections.mcap
     leaneye replay drive.mcap --engine engines/default --topic /front/image_raw/compressed
 
 Prints frames, bad frames skipped, latency per stage (p50/p90/p99/max), throughput and, when the bag
@@ -30,8 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", required=True, type=Path, help="engine directory (model + manifest.json)")
     p.add_argument("--topic", default="/camera/image_raw",
                    help="image topic; an absent raw topic falls back to <topic>/compressed and back (default: %(default)s)")
-    p.add_argument("--out", type=Path, help="output bag folder (/leaneye/detections, /leaneye/label_info, /leaneye/latency)")
-    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="storage of --out (default: %(default)s)")
+    p.add_argument("--out", type=Path,
+                   help="output bag (/leaneye/detections, /leaneye/label_info, /leaneye/latency): a folder, "
+                        "or a single .mcap / .db3 file")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"),
+                   help="storage of --out (default: the one its suffix names, else mcap)")
     p.add_argument("--json", type=Path, help="also write the summary as JSON here")
     p.add_argument("--class-id", choices=("index", "name"), default="index",
                    help="hypothesis.class_id: the class index as a string, or the class name (default: %(default)s)")

@@ -73,7 +73,7 @@ def video_to_bag(
     topic: str = "/camera/image_raw/compressed",
     frame_id: str = "camera",
     raw: bool = False,
-    storage: str = "mcap",
+    storage: str | None = None,
     force: bool = False,
     fps: float | None = None,
     start_ns: int = 0,
