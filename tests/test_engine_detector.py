@@ -144,6 +144,30 @@ def test_import_refuses_class_count_mismatch_and_missing_names(tmp_path, classes
     assert not (tmp_path / "engine").exists()
 
 
+def test_import_runs_the_model_once_so_a_wrong_decoder_fails_even_with_dynamic_output_shapes(tmp_path, classes_file):
+    """Dynamic exports declare symbolic output shapes: only running the model shows the layout."""
+    def dynamic_output_model(output: np.ndarray) -> Path:
+        model = onnx.load_from_string(constant_model(output, [1, 3, 320, 320]))
+        model.graph.output[0].type.tensor_type.shape.CopyFrom(
+            helper.make_tensor_type_proto(TensorProto.FLOAT, ["batch", "rows", "columns"]).tensor_type.shape)
+        path = tmp_path / "dynamic_output.onnx"
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    ultralytics = dynamic_output_model(ultralytics_output((320, 320)))  # [1, 4 + 3, 7]
+    with pytest.raises(LeanEyeError, match=r"--decoder yolox: dynamic_output.onnx does not fit it: .*\[1, N, 5 \+ classes\]"):
+        import_model(ultralytics, "yolox", tmp_path / "engine", classes=classes_file)
+    with pytest.raises(LeanEyeError, match=r"--decoder end2end: .*\[1, K, 6\]"):
+        import_model(ultralytics, "end2end", tmp_path / "engine", classes=classes_file)
+    two_classes = tmp_path / "two.txt"
+    two_classes.write_text("car\nperson\n")
+    with pytest.raises(LeanEyeError, match="model output has 3 classes but the engine names 2"):
+        import_model(ultralytics, "ultralytics", tmp_path / "engine", classes=two_classes)
+    assert not (tmp_path / "engine").exists()
+    import_model(ultralytics, "ultralytics", tmp_path / "engine", classes=classes_file)  # the right decoder
+    assert_finds_objects(tmp_path / "engine")
+
+
 # --- manifest checks ---------------------------------------------------------------------------
 
 @pytest.fixture

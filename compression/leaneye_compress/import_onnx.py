@@ -3,9 +3,9 @@
     leaneye-compress import yolox_nano.onnx --decoder yolox --classes coco_classes.txt --out engines/yolox_nano
     leaneye-compress import yolo11n.onnx --decoder ultralytics --out engines/yolo11n
 
-The model is checked (onnx.checker), its input name and shape read from the graph, and copied
-with a manifest (leaneye.engine) that records how frames must be prepared for it and how its
-outputs are decoded. Preparation defaults follow each family's own inference code:
+The model is checked (onnx.checker), its input name and shape read from the graph, run once on
+a blank input to prove that the chosen decoder reads its outputs, and copied with a manifest
+(leaneye.engine) that records how frames must be prepared for it and how its outputs are decoded. Preparation defaults follow each family's own inference code:
 
 - yolox: BGR, raw 0-255, letterbox aligned top-left, padded with 114;
 - ultralytics, end2end: RGB scaled to 0-1, letterbox centred, padded with 114;
@@ -147,6 +147,7 @@ def import_model(model_path: Path, decoder: str, out: Path, classes: Path | None
         "producer": {"tool": "leaneye-compress import", "source": model_path.name,
                      "versions": tool_versions("leaneye", "leaneye-compress", "onnx", "onnxruntime", "numpy")},
     }
+    _check_decodes(model_path, manifest)
     return write_engine(out, model_path, manifest, force=force).to_dict()
 
 
@@ -159,6 +160,37 @@ def _check_output_classes(model, decoder: str, num_classes: int, model_path: Pat
     if len(dims) == 3 and dims[axis] is not None and dims[axis] - extra != num_classes:
         raise LeanEyeError(f"--classes: {model_path.name}'s output {dims} has {dims[axis] - extra} classes "
                            f"for decoder {decoder!r}, but {num_classes} class names were given")
+
+
+def _check_decodes(model_path: Path, manifest: dict) -> None:
+    """Run the model once on a blank input and decode what it gives, before anything is written.
+
+    The graph's declared output shapes are often symbolic (dynamic exports), so only a run shows
+    whether --decoder and the class names fit the outputs; a mismatch fails here, naming the
+    layout the decoder expected, instead of on the vehicle.
+    """
+    import numpy as np
+    from leaneye.backends import BackendOptions
+    from leaneye.backends.onnxruntime import OnnxRuntimeBackend
+    from leaneye.decoders import DecodeParams
+
+    spec, decoder = manifest["input"], dict(manifest["decoder"])
+    backend = OnnxRuntimeBackend(model_path, spec["name"], spec["shape"], BackendOptions(intra_op_num_threads=1))
+    backend.activate()
+    try:
+        outputs = backend.infer(np.zeros(spec["shape"], np.dtype(spec["dtype"])))
+    except Exception as exc:  # ORT raises its own exception types
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LeanEyeError(f"{model_path}: ONNX Runtime cannot run it on a {spec['shape']} input: {first_line}") from None
+    finally:
+        backend.deactivate()
+    name = decoder.pop("type")
+    params = DecodeParams(input_size=tuple(spec["shape"][2:]), num_classes=len(manifest["class_names"]),
+                          **{key: tuple(value) for key, value in decoder.items()})
+    try:
+        DECODERS[name].build(params)(outputs)
+    except LeanEyeError as exc:
+        raise LeanEyeError(f"--decoder {name}: {model_path.name} does not fit it: {exc}") from None
 
 
 def register(subparsers) -> None:
