@@ -168,6 +168,23 @@ def test_import_runs_the_model_once_so_a_wrong_decoder_fails_even_with_dynamic_o
     assert_finds_objects(tmp_path / "engine")
 
 
+def test_a_model_that_loads_but_cannot_run_fails_at_import_in_one_line(tmp_path, classes_file, capfd):
+    """Dynamic height/width, but a Reshape inside wants 3x320x320 pixels: at 256x256 ONNX Runtime fails in run()."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["images", "fixed"], ["output0"])], "rigid",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["n", "c", "y", "x"])],
+        initializer=[numpy_helper.from_array(np.array([1, 3, 320, 320], np.int64), "fixed")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "rigid.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(LeanEyeError, match=r"rigid.onnx: ONNX Runtime cannot run this model on its \[1, 3, 256, 256\] float32 input: "):
+        import_model(path, "ultralytics", tmp_path / "engine", classes=classes_file, input_size=(256, 256))
+    assert not (tmp_path / "engine").exists()
+    assert "Reshape" not in capfd.readouterr().err  # ONNX Runtime's own log of the failure is silenced
+
+
 # --- manifest checks ---------------------------------------------------------------------------
 
 @pytest.fixture

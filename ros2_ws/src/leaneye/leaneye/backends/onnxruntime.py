@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import LeanEyeError
+from ..errors import LeanEyeError, first_line
 from .base import Backend, BackendOptions
 
 
@@ -18,6 +18,7 @@ class OnnxRuntimeBackend(Backend):
         self.input_shape = tuple(input_shape)
         self.options = options
         self.session = None
+        self.run_options = None
 
     @property
     def active(self) -> bool:
@@ -35,8 +36,7 @@ class OnnxRuntimeBackend(Backend):
             session = onnxruntime.InferenceSession(str(self.model_path), sess_options=session_options,
                                                    providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidProtobuf, ...)
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LeanEyeError(f"{self.model_path}: ONNX Runtime cannot load this model: {first_line}") from None
+            raise LeanEyeError(f"{self.model_path}: ONNX Runtime cannot load this model: {first_line(exc)}") from None
         inputs = {tensor.name: tensor for tensor in session.get_inputs()}
         if self.input_name not in inputs:
             raise LeanEyeError(f"{self.model_path}: manifest field 'input.name' is {self.input_name!r}, "
@@ -47,15 +47,23 @@ class OnnxRuntimeBackend(Backend):
                 isinstance(dim, int) and dim != want for dim, want in zip(model_shape, self.input_shape)):
             raise LeanEyeError(f"{self.model_path}: manifest field 'input.shape' is {list(self.input_shape)}, "
                                f"but the model's input {self.input_name!r} has shape {model_shape}")
+        # A failing run is reported by infer() as one line; ORT would also log it, a second time, to stderr.
+        self.run_options = onnxruntime.RunOptions()
+        self.run_options.log_severity_level = 4  # fatal only
         self.session = session
 
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         if self.session is None:
             raise RuntimeError("OnnxRuntimeBackend.infer before activate()")
-        return self.session.run(None, {self.input_name: tensor})
+        try:
+            return self.session.run(None, {self.input_name: tensor}, self.run_options)
+        except Exception as exc:  # a model that loads but fails inside (e.g. a reshape that wants another size)
+            raise LeanEyeError(f"{self.model_path}: ONNX Runtime cannot run this model on its "
+                               f"{list(tensor.shape)} {tensor.dtype} input: {first_line(exc)}") from None
 
     def deactivate(self) -> None:
         self.session = None
+        self.run_options = None
 
 
 def load(engine_dir: Path, manifest, options: BackendOptions) -> OnnxRuntimeBackend:
