@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from leaneye.atomic import atomic_write_bytes
-from leaneye.errors import LeanEyeError
+from leaneye.errors import LeanEyeError, first_line
 
 from .models.detector import LeanDet, LeanDetConfig
 
@@ -52,7 +52,7 @@ def build_model(path: Path, data: dict, state_key: str = "state_dict") -> LeanDe
         model = LeanDet(config)
         model.load_state_dict(data[state_key])
     except (TypeError, RuntimeError, ValueError) as exc:
-        raise LeanEyeError(f"{path}: checkpoint does not match the LeanDet architecture ({str(exc).splitlines()[0]})") from None
+        raise LeanEyeError(f"{path}: checkpoint does not match the LeanDet architecture ({first_line(exc)})") from None
     if len(data["class_names"]) != config.num_classes:
         raise LeanEyeError(f"{path}: {len(data['class_names'])} class names for a {config.num_classes}-class model")
     return model.eval()

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from leaneye.atomic import atomic_path, check_output_path
-from leaneye.errors import LeanEyeError
+from leaneye.errors import LeanEyeError, first_line
 from leaneye.scenes.classes import SCENE_CLASSES
 
 from .checkpoint import build_model, read_checkpoint, save_checkpoint
@@ -94,7 +94,7 @@ def load_config(path: Path) -> TrainConfig:
     except FileNotFoundError:
         raise LeanEyeError(f"--config {path}: file not found") from None
     except yaml.YAMLError as exc:
-        raise LeanEyeError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise LeanEyeError(f"--config {path}: not valid YAML ({first_line(exc)})") from None
     config = _from_dict(TrainConfig, data, str(path))
     if config.preset not in PRESETS:
         raise LeanEyeError(f"{path}: preset {config.preset!r}: expected one of {', '.join(PRESETS)}")
