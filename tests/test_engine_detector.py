@@ -155,9 +155,9 @@ def test_import_runs_the_model_once_so_a_wrong_decoder_fails_even_with_dynamic_o
         return path
 
     ultralytics = dynamic_output_model(ultralytics_output((320, 320)))  # [1, 4 + 3, 7]
-    with pytest.raises(LeanEyeError, match=r"--decoder yolox: dynamic_output.onnx does not fit it: .*\[1, N, 5 \+ classes\]"):
+    with pytest.raises(LeanEyeError, match=r"dynamic_output.onnx: --decoder yolox and its 3 class names do not fit the model's outputs: .*\[1, N, 5 \+ classes\]"):
         import_model(ultralytics, "yolox", tmp_path / "engine", classes=classes_file)
-    with pytest.raises(LeanEyeError, match=r"--decoder end2end: .*\[1, K, 6\]"):
+    with pytest.raises(LeanEyeError, match=r"--decoder end2end and its 3 class names do not fit .*\[1, K, 6\]"):
         import_model(ultralytics, "end2end", tmp_path / "engine", classes=classes_file)
     two_classes = tmp_path / "two.txt"
     two_classes.write_text("car\nperson\n")
@@ -226,6 +226,20 @@ def test_manifest_errors_name_the_field(engine_dir, edit, message):
     with pytest.raises(LeanEyeError, match=message) as error:
         Detector.from_engine(engine_dir)
     assert "manifest.json" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_manifest_that_does_not_fit_the_model_fails_at_activation_naming_its_fields(engine_dir):
+    """The manifest parses and the hash matches, but the model emits class 2 and only 2 names remain."""
+    edit_manifest(engine_dir, lambda m: m.update(class_names=["car", "person"]))
+    with pytest.raises(LeanEyeError, match=r"manifest.json: fields 'decoder' and 'class_names' do not fit the model's "
+                                           r"outputs: decoder 'end2end': model output class 2 is outside"):
+        Detector.from_engine(engine_dir)
+
+
+@pytest.mark.parametrize("threads", [-3, 10**11])
+def test_thread_counts_are_checked(engine_dir, threads):
+    with pytest.raises(LeanEyeError, match=rf"threads: expected 0 \(the backend's default\) to 1024, got {threads}"):
+        Detector.from_engine(engine_dir, threads=threads)
 
 
 def test_changed_model_file_and_missing_manifest(engine_dir):
@@ -325,6 +339,18 @@ def bench_stages(out):
         if value.endswith(" ms") and "(p90" not in line:
             stages[name.strip()] = float(value[:-3])
     return stages
+
+
+def test_an_empty_or_unreadable_image_file_is_a_one_line_error(engine_dir, tmp_path, capsys):
+    empty, garbage = tmp_path / "empty.jpg", tmp_path / "garbage.png"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"not a png")
+    for path, message in ((empty, "empty file; expected an image"), (garbage, "not a readable image")):
+        for argv in (["detect", "--engine", str(engine_dir), str(path)],
+                     ["bench", "overhead", "--engine", str(engine_dir), str(path)]):
+            assert leaneye(*argv) == 2
+            [line] = capsys.readouterr().err.splitlines()  # one line, no traceback
+            assert line.startswith(f"leaneye: error: {path}: {message}"), line
 
 
 def test_bench_overhead_reports_time_outside_inference(engine_dir, tmp_path, capsys):

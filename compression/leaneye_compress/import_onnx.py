@@ -23,7 +23,7 @@ from pathlib import Path
 
 from leaneye.atomic import check_output_path
 from leaneye.decoders import DECODERS
-from leaneye.engine import tool_versions, write_engine
+from leaneye.engine import file_sha256, parse_manifest, tool_versions, write_engine
 from leaneye.errors import LeanEyeError, first_line
 
 INPUT_FORMATS = {"bgr255": ("bgr", 1.0), "rgb01": ("rgb", 1.0 / 255.0), "bgr01": ("bgr", 1.0 / 255.0)}
@@ -163,31 +163,22 @@ def _check_output_classes(model, decoder: str, num_classes: int, model_path: Pat
 
 
 def _check_decodes(model_path: Path, manifest: dict) -> None:
-    """Run the model once on a blank input and decode what it gives, before anything is written.
+    """Run the model once, as activating its engine will, before anything is written.
 
     The graph's declared output shapes are often symbolic (dynamic exports), so only a run shows
     whether --decoder and the class names fit the outputs; a mismatch fails here, naming the
     layout the decoder expected, instead of on the vehicle.
     """
-    import numpy as np
     from leaneye.backends import BackendOptions
     from leaneye.backends.onnxruntime import OnnxRuntimeBackend
-    from leaneye.decoders import DecodeParams
+    from leaneye.detector import Detector
 
-    spec, decoder = manifest["input"], dict(manifest["decoder"])
-    backend = OnnxRuntimeBackend(model_path, spec["name"], spec["shape"], BackendOptions(intra_op_num_threads=1))
-    backend.activate()
-    try:
-        outputs = backend.infer(np.zeros(spec["shape"], np.dtype(spec["dtype"])))
-    finally:
-        backend.deactivate()
-    name = decoder.pop("type")
-    params = DecodeParams(input_size=tuple(spec["shape"][2:]), num_classes=len(manifest["class_names"]),
-                          **{key: tuple(value) for key, value in decoder.items()})
-    try:
-        DECODERS[name].build(params)(outputs)
-    except LeanEyeError as exc:
-        raise LeanEyeError(f"--decoder {name}: {model_path.name} does not fit it: {exc}") from None
+    checked = parse_manifest({**manifest, "model_sha256": file_sha256(model_path)}, str(model_path))
+    backend = OnnxRuntimeBackend(model_path, checked.input.name, checked.input.shape, BackendOptions(intra_op_num_threads=1))
+    detector = Detector(checked, backend, where=f"{model_path.name}: --decoder {checked.decoder} and its "
+                                                f"{len(checked.class_names)} class names")
+    detector.activate()
+    detector.deactivate()
 
 
 def register(subparsers) -> None:

@@ -85,6 +85,8 @@ def image_paths(sources: list[Path]) -> list[Path]:
 def decode_image(data: bytes, path: Path) -> np.ndarray:
     import cv2
 
+    if not data:
+        raise LeanEyeError(f"{path}: empty file; expected an image ({', '.join(IMAGE_SUFFIXES)})")
     frame = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if frame is None:
         raise LeanEyeError(f"{path}: not a readable image")

@@ -129,7 +129,8 @@ class Detector:
     """A configured engine (manifest + backend) with detection settings; `activate()` before `detect`."""
 
     def __init__(self, manifest: Manifest, backend: Backend, conf: float = 0.25, iou: float = 0.45,
-                 max_detections: int = 300, class_agnostic: bool = False):
+                 max_detections: int = 300, class_agnostic: bool = False,
+                 where: str = "the engine's decoder and class names"):
         if not 0.0 <= conf <= 1.0:
             raise LeanEyeError(f"conf: expected a score threshold in [0, 1], got {conf}")
         if not 0.0 <= iou <= 1.0:
@@ -138,6 +139,7 @@ class Detector:
             raise LeanEyeError(f"max_detections: expected a positive number, got {max_detections}")
         self.manifest = manifest
         self.backend = backend
+        self.where = where  # where the decoder and class names come from, for errors: the manifest's fields
         self.iou = iou
         self.max_detections = max_detections
         self.class_agnostic = class_agnostic
@@ -155,7 +157,8 @@ class Detector:
         manifest = load_manifest(engine_dir)
         backend = load_backend(engine_dir, manifest, BackendOptions(intra_op_num_threads=threads))
         detector = cls(manifest, backend, conf=conf, iou=iou, max_detections=max_detections,
-                       class_agnostic=class_agnostic)
+                       class_agnostic=class_agnostic,
+                       where=f"{Path(engine_dir) / 'manifest.json'}: fields 'decoder' and 'class_names'")
         detector.activate()
         return detector
 
@@ -164,7 +167,15 @@ class Detector:
         return self.manifest.class_names
 
     def activate(self) -> None:
+        """Allocate the backend and run it once on a blank input. The first camera frame then does not
+        pay for the runtime's first-run set-up, and outputs that do not fit the manifest's decoder or
+        class names fail here, naming the manifest, rather than on that frame."""
         self.backend.activate()
+        try:
+            self.decode(self.backend.infer(np.zeros(self.manifest.input.shape, np.dtype(self.manifest.input.dtype))))
+        except LeanEyeError as exc:
+            self.backend.deactivate()
+            raise LeanEyeError(f"{self.where} do not fit the model's outputs: {exc}") from None
 
     def deactivate(self) -> None:
         self.backend.deactivate()

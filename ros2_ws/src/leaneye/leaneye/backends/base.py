@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import LeanEyeError
+
+MAX_THREADS = 1024
 
 @dataclass(frozen=True)
 class BackendOptions:
@@ -16,6 +19,11 @@ class BackendOptions:
 
     intra_op_num_threads: int = 0
     inter_op_num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        for value in (self.intra_op_num_threads, self.inter_op_num_threads):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_THREADS:
+                raise LeanEyeError(f"threads: expected 0 (the backend's default) to {MAX_THREADS}, got {value}")
 
 
 class Backend(abc.ABC):
