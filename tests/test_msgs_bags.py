@@ -279,6 +279,7 @@ def test_count_mismatch_names_both_counts(tmp_path):
     for entry in document["rosbag2_bagfile_information"]["topics_with_message_count"]:
         if entry["topic_metadata"]["name"] == "/topic":
             entry["message_count"] = 12
+    document["rosbag2_bagfile_information"]["message_count"] += 2  # consistent in itself, not with the storage
     _dump_yaml(document, metadata)
     with bags.open_bag_reader(bag) as reader:
         assert len(list(reader.messages(["/rosout"]))) == 10
@@ -330,6 +331,25 @@ def test_folder_whose_metadata_qos_differs_from_the_storage_file(tmp_path):
         assert plain_rosbags.message_count == 9 and list(plain_rosbags.messages()) == []
     with bags.open_bag_reader(bag) as reader:
         assert len(list(reader.raw_messages())) == 9
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace("storage_identifier: mcap", "storage_identifier: sqlite3"),
+     r"storage_identifier is sqlite3, but the bag's files are bag.mcap$"),
+    (lambda text: text.replace("\n  message_count: 9\n", "\n  message_count: 10\n"),
+     r"message_count 10 disagrees with the sum of its topics' counts, 9$"),
+    (lambda text: text + "\n: [", r"not valid YAML \(line \d+: "),
+])
+def test_metadata_that_contradicts_itself_or_the_files_is_a_one_line_error(tmp_path, edit, message):
+    bag = tmp_path / "bag"
+    _write_every_kind(bag, "mcap")
+    metadata = bag / "metadata.yaml"
+    original = metadata.read_text()
+    metadata.write_text(edit(original))
+    assert metadata.read_text() != original
+    with pytest.raises(LeanEyeError, match=message) as error:
+        bags.bag_info(bag, count=True)
+    assert "\n" not in str(error.value) and str(error.value).startswith(f"{metadata}: ")
 
 
 def test_find_image_topic_follows_image_transport_naming():

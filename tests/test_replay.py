@@ -276,6 +276,14 @@ def test_bad_bags_and_arguments_fail_in_one_line_and_leave_nothing(tmp_path, cap
     _assert_fails_cleanly(["replay", str(good), "--engine", str(tmp_path / "no_engine"), "--out", str(out)],
                           capsys, out, "not an engine directory")
 
+    # --out naming the input bag, its folder or a file inside it would destroy or change the recording.
+    [recording] = good.glob("*.mcap")
+    before = sorted((path.name, path.stat().st_size) for path in good.iterdir())
+    for target in (good, recording, good / "detections.mcap", good.parent):
+        assert leaneye_main(["replay", str(good), "--engine", str(engine), "--out", str(target), "--force"]) == 2
+        assert "is, holds or lies inside the input bag" in capsys.readouterr().err
+    assert sorted((path.name, path.stat().st_size) for path in good.iterdir()) == before
+
     # Metadata promising more images than the storage file holds: a short read is an error.
     short = tmp_path / "short"
     shutil.copytree(good, short)
@@ -284,6 +292,7 @@ def test_bad_bags_and_arguments_fail_in_one_line_and_leave_nothing(tmp_path, cap
     for entry in metadata["rosbag2_bagfile_information"]["topics_with_message_count"]:
         if entry["topic_metadata"]["name"] == IMAGE_TOPIC:
             entry["message_count"] = FRAMES + 2
+    metadata["rosbag2_bagfile_information"]["message_count"] += 2  # consistent in itself, not with the storage
     with (short / "metadata.yaml").open("w") as stream:
         yaml.dump(metadata, stream)
     _assert_fails_cleanly(["replay", str(short), "--engine", str(engine), "--out", str(out), "--bootstrap", "0"],

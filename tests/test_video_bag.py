@@ -87,22 +87,44 @@ def test_from_video_into_a_single_mcap_file(tmp_path, capsys):
     assert info.duration_ns == 37 * 200_000_000
 
 
-def test_unreadable_video_leaves_no_bag(tmp_path, capsys):
+def test_a_truncated_video_is_an_error_in_one_line_and_leaves_no_bag(tmp_path, capfd):
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(_highway().read_bytes()[: _highway().stat().st_size // 2])
+    out = tmp_path / "bag.mcap"
+    assert _leaneye(["bag", "from-video", str(truncated), "--out", str(out)]) == 2
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip() and "%|" not in line]  # less tqdm
+    assert len(lines) == 1 and lines[0].startswith(f"leaneye: error: {truncated}: decoding stopped after "), lines
+    assert "of the 38 frames its container states" in lines[0]
+    assert [path.name for path in tmp_path.iterdir()] == ["truncated.mp4"]
+
+
+def test_stamps_must_fit_ros_time_and_fps_must_be_positive(tmp_path, capsys):
+    out = tmp_path / "bag"
+    assert _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--start-time", "2147483647"]) == 2
+    assert "the 38 frames would be stamped up to 2147483648 s" in capsys.readouterr().err
+    for fps in ("0", "-5"):
+        assert _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--fps", fps]) == 2
+        assert "--fps: expected a positive frame rate" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unreadable_video_leaves_no_bag(tmp_path, capfd):
     not_a_video = tmp_path / "notes.mp4"
     not_a_video.write_text("not a video")
     out = tmp_path / "bag"
     assert _leaneye(["bag", "from-video", str(not_a_video), "--out", str(out)]) == 2
-    assert f"{not_a_video}" in capsys.readouterr().err
+    # One line: FFmpeg's own complaint ("moov atom not found") is silenced.
+    assert capfd.readouterr().err == f"leaneye: error: {not_a_video}: OpenCV cannot open it as a video\n"
     assert not out.exists()
     with pytest.raises(LeanEyeError, match="no such video file"):
         video_to_bag(tmp_path / "absent.mp4", out)
     with pytest.raises(SystemExit):
         _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--storage", "rosbag1"])
-    assert "--storage" in capsys.readouterr().err and not out.exists()
+    assert "--storage" in capfd.readouterr().err and not out.exists()
     mismatched = tmp_path / "bag.db3"
     assert _leaneye(["bag", "from-video", str(_highway()), "--out", str(mismatched), "--storage", "mcap"]) == 2
-    assert "bag.db3: a .db3 file holds sqlite3 storage, not mcap" in capsys.readouterr().err
+    assert "bag.db3: a .db3 file holds sqlite3 storage, not mcap" in capfd.readouterr().err
     assert not mismatched.exists()
     with pytest.raises(SystemExit):
         _leaneye(["bag", "from-video", str(_highway()), "--out", str(out), "--start-time", "yesterday"])
-    assert "--start-time" in capsys.readouterr().err and not out.exists()
+    assert "--start-time" in capfd.readouterr().err and not out.exists()

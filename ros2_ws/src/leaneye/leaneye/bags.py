@@ -233,16 +233,33 @@ def _read_metadata(folder: Path) -> _Metadata:
         start_ns = int(info["starting_time"]["nanoseconds_since_epoch"])
         duration_ns = int(info["duration"]["nanoseconds"])
         compressed = bool(info.get("compression_mode")) and str(info["compression_mode"]).lower() != "none"
-    except (OSError, UnicodeDecodeError, YAMLError) as exc:
-        raise LeanEyeError(f"{yaml_path}: not readable as YAML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LeanEyeError(f"{yaml_path}: not readable ({exc})") from None
+    except YAMLError as exc:
+        raise LeanEyeError(f"{yaml_path}: not valid YAML ({_yaml_problem(exc)})") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise LeanEyeError(f"{yaml_path}: not rosbag2 metadata (missing or malformed {exc})") from None
     if storage not in STORAGES:
         raise LeanEyeError(f"{yaml_path}: storage '{storage}' is not supported; expected one of {', '.join(STORAGES)}")
+    if message_count != sum(counts.values()):
+        raise LeanEyeError(f"{yaml_path}: message_count {message_count} disagrees with the sum of its topics' "
+                           f"counts, {sum(counts.values())}")
+    mismatched = [file.name for file in files if STORAGE_SUFFIXES.get(file.suffix, storage) != storage]
+    if mismatched:
+        raise LeanEyeError(f"{yaml_path}: storage_identifier is {storage}, but the bag's files are "
+                           f"{', '.join(mismatched)}")
     missing = [str(file) for file in files if not file.is_file()]
     if missing:
         raise LeanEyeError(f"{yaml_path}: lists storage files that are missing: {', '.join(missing)}")
     return _Metadata(storage, files, compressed, topics, dict(counts), start_ns, start_ns + duration_ns, message_count)
+
+
+def _yaml_problem(exc: YAMLError) -> str:
+    """ruamel's message in one line: what is wrong and on which line (its own text spans several)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"line {mark.line + 1}: {problem}"
+    return " ".join(str(exc).split())
 
 
 def _storage_of(file: Path) -> str:

@@ -297,6 +297,11 @@ def replay_bag(bag: Path | str, engine_dir: Path | str, options: ReplayOptions =
         out = Path(out)
         storage = output_storage(out, storage)
         check_output_path(out, force, "--out")
+        source, target = Path(bag).resolve(), out.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            # Replacing a folder that holds the input, or writing into the input's folder, would
+            # destroy the recording or change what it holds.
+            raise LeanEyeError(f"--out {out}: is, holds or lies inside the input bag {bag}; choose another path")
     with contextlib.ExitStack() as stack:
         reader = stack.enter_context(open_bag_reader(bag))
         try:

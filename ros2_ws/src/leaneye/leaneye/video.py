@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,15 @@ from tqdm import tqdm
 from . import msgs
 from .bags import COMPRESSED_SUFFIX, open_bag_writer
 from .errors import LeanEyeError
+
+# OpenCV's FFmpeg backend prints the decoder's own complaints ("moov atom not found", "Invalid NAL
+# unit size") to stderr; the errors raised here say what went wrong in one line instead. It reads
+# this variable once, when the first capture opens; a value the user set is kept.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+# How far a decoded frame count may fall short of the container's before the video counts as
+# truncated: containers without an index (MKV, AVI) estimate their count from duration x rate.
+_FRAME_COUNT_SLACK = 0.01
+_MAX_STAMP_NS = 2**31 * 1_000_000_000  # builtin_interfaces/msg/Time holds int32 seconds
 
 
 @dataclass(frozen=True)
@@ -86,10 +96,16 @@ def video_to_bag(
     container's frame rate. Returns the number of frames written.
     """
     video = Path(video)
+    if fps is not None and not (0 < fps < math.inf):
+        raise LeanEyeError(f"--fps: expected a positive frame rate, got {fps}")
     info = video_info(video)
     rate = info.fps if fps is None else float(fps)
     if not rate > 0 or math.isinf(rate):
         raise LeanEyeError(f"{video}: the video states no frame rate; pass --fps")
+    last_ns = int(start_ns) + round(max(info.frame_count - 1, 0) * 1e9 / rate)
+    if not 0 <= start_ns <= last_ns < _MAX_STAMP_NS:
+        raise LeanEyeError(f"--start-time/--fps: the {info.frame_count} frames would be stamped up to {last_ns / 1e9:.0f} s "
+                           f"after the epoch; ROS 2 stamps hold int32 seconds (before 2038-01-19)")
     raw_topic, compressed_topic = image_topics(topic)
     written = 0
     with open_bag_writer(out, storage=storage, force=force) as writer:
@@ -111,4 +127,7 @@ def video_to_bag(
                 progress.update()
         if written == 0:
             raise LeanEyeError(f"{video}: OpenCV decoded no frames from it")
+        if written < info.frame_count * (1 - _FRAME_COUNT_SLACK) - 1:
+            raise LeanEyeError(f"{video}: decoding stopped after {written} of the {info.frame_count} frames its "
+                               f"container states (truncated or damaged file); no bag written")
     return written
