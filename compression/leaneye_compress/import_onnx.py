@@ -35,8 +35,6 @@ DEFAULTS = {  # decoder -> (input format, letterbox align)
 }
 PAD_VALUE = 114
 YOLOX_STRIDES = [8, 16, 32]
-# Per decoder: the output axis holding the per-box values, and how many of them are not class scores.
-OUTPUT_LAYOUTS = {"builtin": (2, 4), "yolox": (2, 5), "ultralytics": (1, 4)}
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -130,7 +128,6 @@ def import_model(model_path: Path, decoder: str, out: Path, classes: Path | None
     else:
         raise LeanEyeError(f"--classes: {model_path.name} carries no class names in its metadata; "
                            "pass a file with one class name per line")
-    _check_output_classes(model, decoder, len(class_names), model_path)
 
     default_format, default_align = DEFAULTS[decoder]
     color, scale = INPUT_FORMATS[input_format or default_format]
@@ -149,17 +146,6 @@ def import_model(model_path: Path, decoder: str, out: Path, classes: Path | None
     }
     _check_decodes(model_path, manifest)
     return write_engine(out, model_path, manifest, force=force).to_dict()
-
-
-def _check_output_classes(model, decoder: str, num_classes: int, model_path: Path) -> None:
-    """Where the first output's class axis is fixed in the graph, it must match the class names."""
-    if decoder not in OUTPUT_LAYOUTS or not model.graph.output:
-        return
-    dims = _dims(model.graph.output[0])
-    axis, extra = OUTPUT_LAYOUTS[decoder]
-    if len(dims) == 3 and dims[axis] is not None and dims[axis] - extra != num_classes:
-        raise LeanEyeError(f"--classes: {model_path.name}'s output {dims} has {dims[axis] - extra} classes "
-                           f"for decoder {decoder!r}, but {num_classes} class names were given")
 
 
 def _check_decodes(model_path: Path, manifest: dict) -> None:

@@ -43,6 +43,7 @@ MESSAGE_DEFINITIONS = {
 IMAGE_ENCODINGS = {"bgr8": 3, "rgb8": 3, "mono8": 1}
 
 _NS_PER_S = 1_000_000_000
+MAX_STAMP_NS = 2**31 * _NS_PER_S  # builtin_interfaces/msg/Time holds int32 seconds
 
 
 def message_definition(msgtype: str) -> str:
@@ -84,7 +85,7 @@ def stamp_to_ns(stamp: Any) -> int:
 def header(stamp_ns: int, frame_id: str) -> Any:
     """std_msgs/msg/Header for a stamp in nanoseconds since the epoch."""
     stamp_ns = int(stamp_ns)
-    if not 0 <= stamp_ns < 2**31 * _NS_PER_S:
+    if not 0 <= stamp_ns < MAX_STAMP_NS:
         raise LeanEyeError(f"stamp_ns: expected nanoseconds in [0, 2^31 s), got {stamp_ns}")
     sec, nanosec = divmod(stamp_ns, _NS_PER_S)
     types = _types()

@@ -23,7 +23,6 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 # How far a decoded frame count may fall short of the container's before the video counts as
 # truncated: containers without an index (MKV, AVI) estimate their count from duration x rate.
 _FRAME_COUNT_SLACK = 0.01
-_MAX_STAMP_NS = 2**31 * 1_000_000_000  # builtin_interfaces/msg/Time holds int32 seconds
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ def video_to_bag(
     if not rate > 0 or math.isinf(rate):
         raise LeanEyeError(f"{video}: the video states no frame rate; pass --fps")
     last_ns = int(start_ns) + round(max(info.frame_count - 1, 0) * 1e9 / rate)
-    if not 0 <= start_ns <= last_ns < _MAX_STAMP_NS:
+    if not 0 <= start_ns <= last_ns < msgs.MAX_STAMP_NS:
         raise LeanEyeError(f"--start-time/--fps: the {info.frame_count} frames would be stamped up to {last_ns / 1e9:.0f} s "
                            f"after the epoch; ROS 2 stamps hold int32 seconds (before 2038-01-19)")
     raw_topic, compressed_topic = image_topics(topic)
