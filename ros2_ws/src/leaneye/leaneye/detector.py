@@ -172,9 +172,17 @@ class Detector:
         class names fail here, naming the manifest, rather than on that frame."""
         self.backend.activate()
         try:
-            self.decode(self.backend.infer(np.zeros(self.manifest.input.shape, np.dtype(self.manifest.input.dtype))))
-        except LeanEyeError as exc:
+            self._check_outputs()
+        except BaseException:
             self.backend.deactivate()
+            raise
+
+    def _check_outputs(self) -> None:
+        # A backend failure keeps its own message; only a decoder's complaint concerns the manifest.
+        outputs = self.backend.infer(np.zeros(self.manifest.input.shape, np.dtype(self.manifest.input.dtype)))
+        try:
+            self.decode(outputs)
+        except LeanEyeError as exc:
             raise LeanEyeError(f"{self.where} do not fit the model's outputs: {exc}") from None
 
     def deactivate(self) -> None:

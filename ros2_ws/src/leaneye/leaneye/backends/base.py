@@ -13,6 +13,7 @@ from ..errors import LeanEyeError
 
 MAX_THREADS = 1024
 
+
 @dataclass(frozen=True)
 class BackendOptions:
     """Knobs a backend may honour; 0 threads means the library's own default."""
