@@ -26,7 +26,7 @@ SHELL := /bin/bash
 # prints "Location ... is ignored" once per package and index. Only those lines are dropped.
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test test-numpy1 lint-py310 train-default venv clean
+.PHONY: demo test test-numpy1 lint lint-py310 train-default venv clean
 
 venv: $(STAMP)
 
@@ -34,16 +34,22 @@ $(STAMP): constraints.txt pyproject.toml ros2_ws/src/leaneye/setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing pinned dependencies into $(VENV) (first run takes about a minute)..."
 	$(PIP) torch==2.13.0 $(PIP_FILTER)
-	$(PIP) -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" -e . pytest vermin $(PIP_FILTER)
+	$(PIP) -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" -e . pytest vermin ruff $(PIP_FILTER)
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m leaneye_compress.demo
 
 test: $(STAMP)
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q tests
 	$(MAKE) --no-print-directory lint-py310
 	$(MAKE) --no-print-directory test-numpy1
+
+# ruff lints and checks formatting of both halves and the tests (configuration in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The vehicle side must run on Humble's Python 3.10: no syntax or stdlib newer than that.
 lint-py310: $(STAMP)

@@ -1,5 +1,6 @@
 """Shared test helpers: where the project's shared real-data fixtures live, and which test modules
 an environment with only the vehicle side installed can collect."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,7 +21,9 @@ VEHICLE_ONLY = importlib.util.find_spec("leaneye_compress") is None
 def shared_fixtures_dir() -> Path:
     """../shared/fixtures, or skip the calling test when this checkout has none beside it."""
     if not SHARED_FIXTURES.is_dir():
-        pytest.skip(f"../shared/fixtures absent: this test needs the project's shared real-data fixtures (looked in {SHARED_FIXTURES})")
+        pytest.skip(
+            f"../shared/fixtures absent: this test needs the project's shared real-data fixtures (looked in {SHARED_FIXTURES})"
+        )
     return SHARED_FIXTURES
 
 

@@ -2,4 +2,5 @@
 
 May import `leaneye` (the runtime core); `leaneye` never imports this package.
 """
+
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@ A model checkpoint (`model.pt`) is a dict:
      "class_names": [...], "state_dict": {...}, "meta": {...}}
 A training state (`last.pt`, for resuming) adds "optimizer", "ema" and "iteration".
 """
+
 from __future__ import annotations
 
 import io
@@ -35,7 +36,9 @@ def read_checkpoint(path: Path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or hostile files
-        raise LeanEyeError(f"{path}: not a readable checkpoint ({type(exc).__name__}); expected a file written by leaneye-compress") from None
+        raise LeanEyeError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}); expected a file written by leaneye-compress"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LeanEyeError(f"{path}: expected a LeanDet checkpoint (format {FORMAT!r})")
     if data.get("version") != VERSION:

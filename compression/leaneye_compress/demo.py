@@ -15,6 +15,7 @@
 
 Without the default model it stops at once and says to run `make train-default`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,14 @@ def generator_sha256() -> str:
 
 
 def scene_parameters(frames: int, seed: int) -> dict:
-    return {"frames": frames, "seed": seed, "size": list(FRAME_SIZE), "rate_hz": RATE_HZ, "storage": "mcap",
-            "generator_sha256": generator_sha256()}
+    return {
+        "frames": frames,
+        "seed": seed,
+        "size": list(FRAME_SIZE),
+        "rate_hz": RATE_HZ,
+        "storage": "mcap",
+        "generator_sha256": generator_sha256(),
+    }
 
 
 def ensure_scenes(scenes_dir: Path, frames: int, seed: int) -> tuple[dict, bool]:
@@ -96,13 +103,25 @@ def model_facts(checkpoint: Path) -> dict:
 
     model, data = load_model(checkpoint)
     config = model.config
-    return {"architecture": f"LeanDet width {config.width:g}, depth {config.depth:g}", "parameters": count_parameters(model),
-            "gflops": round(gflops(model), 3), "input_hw": [config.input_height, config.input_width],
-            "classes": list(data["class_names"])}
+    return {
+        "architecture": f"LeanDet width {config.width:g}, depth {config.depth:g}",
+        "parameters": count_parameters(model),
+        "gflops": round(gflops(model), 3),
+        "input_hw": [config.input_height, config.input_width],
+        "classes": list(data["class_names"]),
+    }
 
 
-def commands(checkpoint: Path, scenes_dir: Path, engine_dir: Path, detections_dir: Path, frames: int, seed: int,
-             threads: int, bootstrap: int) -> list[str]:
+def commands(
+    checkpoint: Path,
+    scenes_dir: Path,
+    engine_dir: Path,
+    detections_dir: Path,
+    frames: int,
+    seed: int,
+    threads: int,
+    bootstrap: int,
+) -> list[str]:
     """The commands that redo each step by hand (same files, same numbers)."""
     width, height = FRAME_SIZE
     quote = shlex.quote
@@ -110,25 +129,42 @@ def commands(checkpoint: Path, scenes_dir: Path, engine_dir: Path, detections_di
         f"leaneye scenes --frames {frames} --seed {seed} --size {width}x{height} --rate {RATE_HZ:g} "
         f"--out {quote(_display(scenes_dir))} --force",
         f"leaneye-compress export {quote(_display(checkpoint))} --out {quote(_display(engine_dir))} --force",
-        " ".join([f"leaneye replay {quote(_display(scenes_dir / 'bag'))} --engine {quote(_display(engine_dir))}",
-                  f"--out {quote(_display(detections_dir))}", *_replay_options(threads, bootstrap), "--force"]),
+        " ".join(
+            [
+                f"leaneye replay {quote(_display(scenes_dir / 'bag'))} --engine {quote(_display(engine_dir))}",
+                f"--out {quote(_display(detections_dir))}",
+                *_replay_options(threads, bootstrap),
+                "--force",
+            ]
+        ),
     ]
 
 
 def _replay_options(threads: int, bootstrap: int) -> list[str]:
-    return [f"{flag} {value}" for flag, value, default in (("--threads", threads, 0), ("--bootstrap", bootstrap, DEMO_BOOTSTRAP))
-            if value != default]
+    return [
+        f"{flag} {value}"
+        for flag, value, default in (("--threads", threads, 0), ("--bootstrap", bootstrap, DEMO_BOOTSTRAP))
+        if value != default
+    ]
 
 
-def demo_command(checkpoint: Path, work_dir: Path, engine_dir: Path, frames: int, seed: int, threads: int,
-                 bootstrap: int) -> str:
+def demo_command(
+    checkpoint: Path, work_dir: Path, engine_dir: Path, frames: int, seed: int, threads: int, bootstrap: int
+) -> str:
     """`make demo`, or the module call with the arguments that differ from its defaults."""
-    given = [("--checkpoint", checkpoint, DEFAULT_CHECKPOINT), ("--work-dir", work_dir, DEFAULT_WORK_DIR),
-             ("--engine", engine_dir, DEFAULT_ENGINE)]
-    options = [f"{flag} {shlex.quote(_display(path))}" for flag, path, default in given
-               if path.resolve() != default.resolve()]
-    options += [f"{flag} {value}" for flag, value, default in (("--frames", frames, DEMO_FRAMES), ("--seed", seed, DEMO_SEED))
-                if value != default]
+    given = [
+        ("--checkpoint", checkpoint, DEFAULT_CHECKPOINT),
+        ("--work-dir", work_dir, DEFAULT_WORK_DIR),
+        ("--engine", engine_dir, DEFAULT_ENGINE),
+    ]
+    options = [
+        f"{flag} {shlex.quote(_display(path))}" for flag, path, default in given if path.resolve() != default.resolve()
+    ]
+    options += [
+        f"{flag} {value}"
+        for flag, value, default in (("--frames", frames, DEMO_FRAMES), ("--seed", seed, DEMO_SEED))
+        if value != default
+    ]
     options += _replay_options(threads, bootstrap)
     return " ".join(["python -m leaneye_compress.demo", *options]) if options else "make demo"
 
@@ -146,9 +182,12 @@ def report_markdown(report: dict) -> str:
     scenes = report["scenes"]
     latency = replay["latency"]
     lines = [
-        "# LeanEye demo report", "",
-        f"Created {report['created_utc']} on {report['machine']}, in {report['wall_s']['total']:.0f} s.", "",
-        "## What was run", "",
+        "# LeanEye demo report",
+        "",
+        f"Created {report['created_utc']} on {report['machine']}, in {report['wall_s']['total']:.0f} s.",
+        "",
+        "## What was run",
+        "",
         f"- Bag: {scenes['frames']} generated driving frames ({scenes['size'][0]}x{scenes['size'][1]}, "
         f"{scenes['rate_hz']:g} Hz, seed {scenes['seed']}: used by no training or held-out set), "
         f"`{report['paths']['bag']}`" + (" (reused)" if report["scenes_reused"] else ""),
@@ -158,51 +197,80 @@ def report_markdown(report: dict) -> str:
         f"- Engine: `{report['paths']['engine']}`, {engine['backend']} {engine['precision']}, "
         f"{engine['model_bytes'] / 1e6:.1f} MB ONNX",
         f"- Published detections: score >= {replay['settings']['published']['conf']}, NMS IoU "
-        f"{replay['settings']['published']['iou']}; output bag `{report['paths']['detections']}`", "",
-        "## Results", "",
+        f"{replay['settings']['published']['iou']}; output bag `{report['paths']['detections']}`",
+        "",
+        "## Results",
+        "",
         f"{replay['frames']} frames replayed, {replay['bad_frames']} bad frames skipped, "
-        f"{replay['detections']} detections published.", "",
-        "| stage (ms) | p50 | p90 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |",
+        f"{replay['detections']} detections published.",
+        "",
+        "| stage (ms) | p50 | p90 | p99 | max |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for stage, stats in latency["stages_ms"].items():
         lines.append(f"| {stage} | {stats['p50']:.2f} | {stats['p90']:.2f} | {stats['p99']:.2f} | {stats['max']:.2f} |")
-    lines += ["", f"Throughput: {latency['throughput_fps']:.1f} frames/s ({latency['frames']} frames in "
-                  f"{latency['wall_s']:.2f} s, reading the bag and writing the output included).", ""]
+    lines += [
+        "",
+        f"Throughput: {latency['throughput_fps']:.1f} frames/s ({latency['frames']} frames in "
+        f"{latency['wall_s']:.2f} s, reading the bag and writing the output included).",
+        "",
+    ]
     evaluation = replay["evaluation"]
     if evaluation is not None:
         run = replay["settings"]["engine_run"]
         lines += [
             f"Accuracy (shared/EVAL.md, generated scenes: score >= {run['conf']}, NMS IoU {run['iou']}, at most "
             f"{run['max_detections']} per frame; {evaluation['images']} frames, {evaluation['objects']} objects, "
-            f"{evaluation['bootstrap_resamples']} bootstrap resamples):", "",
+            f"{evaluation['bootstrap_resamples']} bootstrap resamples):",
+            "",
             f"- mAP50 {_metric(evaluation['mAP50'])}{_interval(evaluation['mAP50_interval95'])}",
             f"- mAP50-95 {_metric(evaluation['mAP50-95'])}{_interval(evaluation['mAP50-95_interval95'])}",
-            "- mAP50-95 by object size: " + ", ".join(f"{size} {_metric(ap)}" for size, ap in evaluation["AP_by_size"].items()),
-            "- AP50 per class: " + ", ".join(f"{name} {_metric(ap)}" for name, ap in evaluation["AP50_per_class"].items()),
+            "- mAP50-95 by object size: "
+            + ", ".join(f"{size} {_metric(ap)}" for size, ap in evaluation["AP_by_size"].items()),
+            "- AP50 per class: "
+            + ", ".join(f"{name} {_metric(ap)}" for name, ap in evaluation["AP50_per_class"].items()),
         ]
         if report.get("training_heldout"):
             held = report["training_heldout"]
-            lines.append(f"- For comparison, the model's held-out evaluation at training time: mAP50 {_metric(held['mAP50'])}"
-                         f"{_interval(held.get('mAP50_interval95'))} on {held['images']} frames")
+            lines.append(
+                f"- For comparison, the model's held-out evaluation at training time: mAP50 {_metric(held['mAP50'])}"
+                f"{_interval(held.get('mAP50_interval95'))} on {held['images']} frames"
+            )
         lines.append("")
-    lines += ["## Reproduce", "", f"    {report['demo_command']}", "", "or step by step (in the repository root, with `.venv/bin` on PATH):", ""]
+    lines += [
+        "## Reproduce",
+        "",
+        f"    {report['demo_command']}",
+        "",
+        "or step by step (in the repository root, with `.venv/bin` on PATH):",
+        "",
+    ]
     lines += [f"    {command}" for command in report["commands"]]
     return "\n".join(lines) + "\n"
 
 
-def run_demo(checkpoint: Path, work_dir: Path, engine_dir: Path, frames: int = DEMO_FRAMES, seed: int = DEMO_SEED,
-             threads: int = 0, bootstrap: int = DEMO_BOOTSTRAP) -> dict:
+def run_demo(
+    checkpoint: Path,
+    work_dir: Path,
+    engine_dir: Path,
+    frames: int = DEMO_FRAMES,
+    seed: int = DEMO_SEED,
+    threads: int = 0,
+    bootstrap: int = DEMO_BOOTSTRAP,
+) -> dict:
     """The four steps; returns the report written to `work_dir`/report.json."""
     import onnxruntime
 
     from leaneye.engine import load_manifest, model_file
     from leaneye.replay import ReplayOptions, replay_bag
 
-    from .export import export_engine
+    from .stages.export import export_engine
 
     if not checkpoint.is_file():
-        raise LeanEyeError(f"{_display(checkpoint)}: the default model is missing; run `make train-default` first "
-                           "(about 40 minutes on 2 CPU cores)")
+        raise LeanEyeError(
+            f"{_display(checkpoint)}: the default model is missing; run `make train-default` first "
+            "(about 40 minutes on 2 CPU cores)"
+        )
     if frames < 1:
         raise LeanEyeError(f"--frames: expected a positive number, got {frames}")
     began = time.perf_counter()
@@ -223,8 +291,13 @@ def run_demo(checkpoint: Path, work_dir: Path, engine_dir: Path, frames: int = D
 
     _step(3, f"replay: {_display(scenes_dir / 'bag')} through {_display(engine_dir)}")
     started = time.perf_counter()
-    replayed = replay_bag(scenes_dir / "bag", engine_dir, ReplayOptions(threads=threads, bootstrap=bootstrap),
-                          out=detections_dir, force=True)
+    replayed = replay_bag(
+        scenes_dir / "bag",
+        engine_dir,
+        ReplayOptions(threads=threads, bootstrap=bootstrap),
+        out=detections_dir,
+        force=True,
+    )
     wall["replay"] = time.perf_counter() - started
     print(replayed.format())
 
@@ -235,15 +308,24 @@ def run_demo(checkpoint: Path, work_dir: Path, engine_dir: Path, frames: int = D
     report = {
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {platform.system()}, Python {platform.python_version()}, "
-                   f"ONNX Runtime {onnxruntime.__version__}",
-        "paths": {"checkpoint": _display(checkpoint), "bag": _display(scenes_dir / "bag"), "engine": _display(engine_dir),
-                  "detections": _display(detections_dir)},
-        "scenes": scenes, "scenes_reused": reused,
+        f"ONNX Runtime {onnxruntime.__version__}",
+        "paths": {
+            "checkpoint": _display(checkpoint),
+            "bag": _display(scenes_dir / "bag"),
+            "engine": _display(engine_dir),
+            "detections": _display(detections_dir),
+        },
+        "scenes": scenes,
+        "scenes_reused": reused,
         "checkpoint_sha256": exported["checkpoint_sha256"],
         "model": model_facts(checkpoint),
-        "engine": {"backend": manifest.backend, "precision": manifest.precision, "model_sha256": manifest.model_sha256,
-                   "model_bytes": model_file(engine_dir, manifest).stat().st_size,
-                   "max_abs_difference_vs_torch": exported["max_abs_difference_vs_torch"]},
+        "engine": {
+            "backend": manifest.backend,
+            "precision": manifest.precision,
+            "model_sha256": manifest.model_sha256,
+            "model_bytes": model_file(engine_dir, manifest).stat().st_size,
+            "max_abs_difference_vs_torch": exported["max_abs_difference_vs_torch"],
+        },
         "replay": replayed.to_dict(),
         "training_heldout": training_heldout,
         "demo_command": demo_command(checkpoint, work_dir, engine_dir, frames, seed, threads, bootstrap),
@@ -258,13 +340,21 @@ def run_demo(checkpoint: Path, work_dir: Path, engine_dir: Path, frames: int = D
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leaneye-demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model.pt (default: the default model)")
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="scenes, output bag and report (default: %(default)s)")
-    parser.add_argument("--engine", type=Path, default=DEFAULT_ENGINE, help="engine directory to (re)write (default: %(default)s)")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model.pt (default: the default model)"
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="scenes, output bag and report (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--engine", type=Path, default=DEFAULT_ENGINE, help="engine directory to (re)write (default: %(default)s)"
+    )
     parser.add_argument("--frames", type=int, default=DEMO_FRAMES, help="generated frames (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help="scene seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0 = ONNX Runtime's default)")
-    parser.add_argument("--bootstrap", type=int, default=DEMO_BOOTSTRAP, help="bootstrap resamples for the mAP intervals")
+    parser.add_argument(
+        "--bootstrap", type=int, default=DEMO_BOOTSTRAP, help="bootstrap resamples for the mAP intervals"
+    )
     parser.set_defaults(func=_run)
     return parser
 

@@ -3,17 +3,18 @@
 Post-processing is the runtime's own (`leaneye.detector.Detector.postprocess` with the model's
 manifest), so what is measured here is what an exported engine will do on the vehicle.
 """
+
 from __future__ import annotations
 
 import torch
 
 from leaneye.detector import Detector
-from leaneye.evaluation import EvalResult, ImageDetections, evaluate
+from leaneye.eval import EvalResult, ImageDetections, evaluate
 from leaneye.scenes.dataset import scene_ground_truth
 
 from .data import SceneSet
-from .export import builtin_manifest
 from .models.detector import LeanDet
+from .stages.export import builtin_manifest
 
 # EVAL.md's detection settings
 EVAL_CONF, EVAL_IOU, EVAL_MAX_DETECTIONS = 0.001, 0.65, 100
@@ -21,8 +22,13 @@ EVAL_CONF, EVAL_IOU, EVAL_MAX_DETECTIONS = 0.001, 0.65, 100
 
 @torch.no_grad()
 def predict(model: LeanDet, scene_set: SceneSet, class_names, batch_size: int = 16) -> dict[int, ImageDetections]:
-    postprocessor = Detector(builtin_manifest(model, class_names), backend=None, conf=EVAL_CONF, iou=EVAL_IOU,
-                             max_detections=EVAL_MAX_DETECTIONS)
+    postprocessor = Detector(
+        builtin_manifest(model, class_names),
+        backend=None,
+        conf=EVAL_CONF,
+        iou=EVAL_IOU,
+        max_detections=EVAL_MAX_DETECTIONS,
+    )
     transform = scene_set.transform
     was_training = model.training
     model.eval()
@@ -30,7 +36,7 @@ def predict(model: LeanDet, scene_set: SceneSet, class_names, batch_size: int = 
     detections = {}
     try:
         for start in range(0, len(scene_set.images), batch_size):
-            batch = torch.from_numpy(scene_set.images[start:start + batch_size]).permute(0, 3, 1, 2).float().div_(255)
+            batch = torch.from_numpy(scene_set.images[start : start + batch_size]).permute(0, 3, 1, 2).float().div_(255)
             outputs = model(batch).numpy()
             for k, out in enumerate(outputs):
                 frame = scene_set.frames[start + k]
@@ -44,4 +50,3 @@ def predict(model: LeanDet, scene_set: SceneSet, class_names, batch_size: int = 
 
 def evaluate_model(model: LeanDet, scene_set: SceneSet, class_names, bootstrap: int = 1000) -> EvalResult:
     return evaluate(scene_ground_truth(scene_set.frames), predict(model, scene_set, class_names), bootstrap=bootstrap)
-

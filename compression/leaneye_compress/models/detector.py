@@ -13,6 +13,7 @@ N = sum over strides s in (8, 16, 32) of (H/s)·(W/s) grid cells, stride 8 first
 row-major order. Columns: x1, y1, x2, y2 in network-input pixels, then one sigmoid probability per
 class (no objectness: score = class probability). Decoder name in manifests: "builtin".
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -163,7 +164,9 @@ class LeanDet(nn.Module):
         """
         points, strides = [], []
         for s in STRIDES:
-            ys, xs = torch.meshgrid(torch.arange(height // s, device=device), torch.arange(width // s, device=device), indexing="ij")
+            ys, xs = torch.meshgrid(
+                torch.arange(height // s, device=device), torch.arange(width // s, device=device), indexing="ij"
+            )
             points.append(torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).mul(s))
             strides.append(torch.full((points[-1].shape[0],), float(s), device=device))
         return torch.cat(points), torch.cat(strides)

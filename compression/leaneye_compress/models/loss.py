@@ -7,6 +7,7 @@ the one it overlaps most). Positives learn the class with a soft target equal to
 alignment (so a score predicts localisation quality, which is what mAP50-95 rewards), and the box
 with GIoU. Cells inside ignore regions that are not positives are neither pushed up nor down.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,7 +43,9 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     area_p = (pred[:, 2:] - pred[:, :2]).clamp(min=0).prod(-1)
     area_t = (target[:, 2:] - target[:, :2]).clamp(min=0).prod(-1)
     union = area_p + area_t - inter + 1e-9
-    enclose = (torch.maximum(pred[:, 2:], target[:, 2:]) - torch.minimum(pred[:, :2], target[:, :2])).clamp(min=0).prod(-1) + 1e-9
+    enclose = (torch.maximum(pred[:, 2:], target[:, 2:]) - torch.minimum(pred[:, :2], target[:, :2])).clamp(min=0).prod(
+        -1
+    ) + 1e-9
     return 1.0 - (inter / union - (enclose - union) / enclose)
 
 
@@ -52,8 +55,14 @@ def _points_in_boxes(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return (x > boxes[:, None, 0]) & (x < boxes[:, None, 2]) & (y > boxes[:, None, 1]) & (y < boxes[:, None, 3])
 
 
-def detection_loss(cls_logits: torch.Tensor, pred_boxes: torch.Tensor, points: torch.Tensor, strides: torch.Tensor,
-                   targets: list[dict], config: LossConfig = LossConfig()) -> tuple[torch.Tensor, dict]:
+def detection_loss(
+    cls_logits: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    points: torch.Tensor,
+    strides: torch.Tensor,
+    targets: list[dict],
+    config: LossConfig = LossConfig(),
+) -> tuple[torch.Tensor, dict]:
     """`targets[i]`: {"boxes": (M, 4) xyxy input pixels, "labels": (M,) long, "ignore": (K, 4) boxes}."""
     batch, cells, num_classes = cls_logits.shape
     cls_target = torch.zeros_like(cls_logits)

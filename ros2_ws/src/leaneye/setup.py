@@ -1,4 +1,5 @@
 """ament_python package `leaneye`; installs the same way with `colcon build` and with `pip install`."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -6,7 +7,7 @@ setup(
     version="0.1.0",
     description="LeanEye runtime: ROS-free detection core and ROS 2 nodes",
     packages=find_packages(include=["leaneye", "leaneye.*"]),
-    package_data={"leaneye": ["msg_definitions/*.msg"]},
+    package_data={"leaneye.msgs": ["definitions/*.msg"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/leaneye"]),
         ("share/leaneye", ["package.xml"]),

@@ -3,4 +3,5 @@
 Nothing imported here needs ROS, PyTorch or a GPU; heavy dependencies are imported lazily
 inside the functions that need them.
 """
+
 __version__ = "0.1.0"

@@ -3,14 +3,15 @@
 An interrupted run (Ctrl-C, a crash, a bad frame) leaves the previous output untouched and no
 half-written file behind.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import LeanEyeError
 

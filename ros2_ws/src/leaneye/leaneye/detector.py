@@ -13,6 +13,7 @@ inference the CPU's caches hold the network, not this code: every NumPy or Pytho
 several microseconds however small its arrays, so the number of distinct calls is what is kept
 down (figures in `leaneye.detect_cli`).
 """
+
 from __future__ import annotations
 
 import time
@@ -23,20 +24,20 @@ import cv2
 import numpy as np
 
 from .backends import Backend, BackendOptions, load_backend
-from .decoders import DECODERS, DecodeParams
 from .engine import InputSpec, Manifest, load_manifest
 from .errors import LeanEyeError
-from .letterbox import LetterboxTransform, letterbox_transform, resize_into
-from .nms import nms
+from .vision.decoders import DECODERS, DecodeParams
+from .vision.letterbox import LetterboxTransform, letterbox_transform, resize_into
+from .vision.nms import nms
 
 
 @dataclass(frozen=True)
 class Detections:
     """Detections of one frame; boxes are xyxy in the frame's pixels, clipped to it."""
 
-    boxes: np.ndarray        # (N, 4) float32
-    scores: np.ndarray       # (N,) float32, highest first
-    class_ids: np.ndarray    # (N,) int64, indices into class_names
+    boxes: np.ndarray  # (N, 4) float32
+    scores: np.ndarray  # (N,) float32, highest first
+    class_ids: np.ndarray  # (N,) int64, indices into class_names
     class_names: tuple[str, ...]
     image_size: tuple[int, int]  # (height, width)
     timings: dict = field(default_factory=dict)  # ms: preprocess, inference, postprocess
@@ -87,8 +88,12 @@ class InputTensor:
         self.resized = np.empty((transform.height, transform.width, 3), dtype=np.uint8)
         self.planes = np.empty((3, transform.height, transform.width), dtype=np.uint8)
         self.plane_list = list(self.planes)
-        self.region = self.tensor[0, :, transform.pad_y:transform.pad_y + transform.height,
-                                  transform.pad_x:transform.pad_x + transform.width]
+        self.region = self.tensor[
+            0,
+            :,
+            transform.pad_y : transform.pad_y + transform.height,
+            transform.pad_x : transform.pad_x + transform.width,
+        ]
         self.region_bgr = self.region[::-1] if self.spec.color == "rgb" else self.region
         self.transform = transform
         self.image_size = image_size
@@ -118,8 +123,9 @@ def _per_channel(values: np.ndarray):
 
 def check_frame(frame) -> None:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        described = (f"shape {list(frame.shape)} dtype {frame.dtype}" if isinstance(frame, np.ndarray)
-                     else type(frame).__name__)
+        described = (
+            f"shape {list(frame.shape)} dtype {frame.dtype}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        )
         raise LeanEyeError(f"frame: expected an (H, W, 3) uint8 BGR image, got {described}")
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise LeanEyeError(f"frame: expected a non-empty image, got {frame.shape[1]}x{frame.shape[0]} pixels")
@@ -128,9 +134,16 @@ def check_frame(frame) -> None:
 class Detector:
     """A configured engine (manifest + backend) with detection settings; `activate()` before `detect`."""
 
-    def __init__(self, manifest: Manifest, backend: Backend, conf: float = 0.25, iou: float = 0.45,
-                 max_detections: int = 300, class_agnostic: bool = False,
-                 where: str = "the engine's decoder and class names"):
+    def __init__(
+        self,
+        manifest: Manifest,
+        backend: Backend,
+        conf: float = 0.25,
+        iou: float = 0.45,
+        max_detections: int = 300,
+        class_agnostic: bool = False,
+        where: str = "the engine's decoder and class names",
+    ):
         if not 0.0 <= conf <= 1.0:
             raise LeanEyeError(f"conf: expected a score threshold in [0, 1], got {conf}")
         if not 0.0 <= iou <= 1.0:
@@ -145,20 +158,34 @@ class Detector:
         self.class_agnostic = class_agnostic
         self.decoder = DECODERS[manifest.decoder]
         params = {k: tuple(v) for k, v in manifest.decoder_params.items()}  # strides
-        self.decode_params = DecodeParams(input_size=manifest.input.size, num_classes=len(manifest.class_names),
-                                          score_threshold=conf, **params)
+        self.decode_params = DecodeParams(
+            input_size=manifest.input.size, num_classes=len(manifest.class_names), score_threshold=conf, **params
+        )
         self.decode = self.decoder.build(self.decode_params)
         self.input = InputTensor(manifest.input, manifest.letterbox_align, manifest.letterbox_pad_value)
 
     @classmethod
-    def from_engine(cls, engine_dir: Path | str, conf: float = 0.25, iou: float = 0.45, max_detections: int = 300,
-                    class_agnostic: bool = False, threads: int = 0) -> "Detector":
+    def from_engine(
+        cls,
+        engine_dir: Path | str,
+        conf: float = 0.25,
+        iou: float = 0.45,
+        max_detections: int = 300,
+        class_agnostic: bool = False,
+        threads: int = 0,
+    ) -> Detector:
         """Load, check and activate the engine in `engine_dir`; `threads` 0 = the backend's default."""
         manifest = load_manifest(engine_dir)
         backend = load_backend(engine_dir, manifest, BackendOptions(intra_op_num_threads=threads))
-        detector = cls(manifest, backend, conf=conf, iou=iou, max_detections=max_detections,
-                       class_agnostic=class_agnostic,
-                       where=f"{Path(engine_dir) / 'manifest.json'}: fields 'decoder' and 'class_names'")
+        detector = cls(
+            manifest,
+            backend,
+            conf=conf,
+            iou=iou,
+            max_detections=max_detections,
+            class_agnostic=class_agnostic,
+            where=f"{Path(engine_dir) / 'manifest.json'}: fields 'decoder' and 'class_names'",
+        )
         detector.activate()
         return detector
 
@@ -188,7 +215,7 @@ class Detector:
     def deactivate(self) -> None:
         self.backend.deactivate()
 
-    def __enter__(self) -> "Detector":
+    def __enter__(self) -> Detector:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -205,10 +232,16 @@ class Detector:
         if not len(scores):
             return boxes, scores, class_ids
         if self.decoder.runs_nms:
-            keep = nms(boxes, scores, class_ids, self.iou, class_agnostic=self.class_agnostic,
-                       max_detections=self.max_detections)
+            keep = nms(
+                boxes,
+                scores,
+                class_ids,
+                self.iou,
+                class_agnostic=self.class_agnostic,
+                max_detections=self.max_detections,
+            )
         else:
-            keep = np.argsort(-scores, kind="stable")[:self.max_detections]
+            keep = np.argsort(-scores, kind="stable")[: self.max_detections]
         return transform.to_original(boxes.take(keep, axis=0), image_size), scores.take(keep), class_ids.take(keep)
 
     def detect(self, frame: np.ndarray) -> Detections:
@@ -221,6 +254,9 @@ class Detector:
         image_size = frame.shape[:2]
         boxes, scores, class_ids = self.postprocess(outputs, transform, image_size)
         done = time.perf_counter()
-        timings = {"preprocess": (preprocessed - start) * 1e3, "inference": (inferred - preprocessed) * 1e3,
-                   "postprocess": (done - inferred) * 1e3}
+        timings = {
+            "preprocess": (preprocessed - start) * 1e3,
+            "inference": (inferred - preprocessed) * 1e3,
+            "postprocess": (done - inferred) * 1e3,
+        }
         return Detections(boxes, scores, class_ids, self.class_names, image_size, timings)

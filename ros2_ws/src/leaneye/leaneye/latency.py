@@ -3,10 +3,11 @@
 Pure: no ROS, no message classes. `leaneye.msgs.frame_latency_msg` turns a FrameLatency into the
 leaneye_msgs/msg/FrameLatency message.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -79,7 +80,5 @@ class LatencySummary:
         lines = [f"{'stage (ms)':<12}" + "".join(f"{name:>10}" for name in columns)]
         for stage, stats in self.stages.items():
             lines.append(f"{stage:<12}" + "".join(f"{stats[name]:>10.2f}" for name in columns))
-        lines.append(
-            f"{self.num_frames} frames in {self.wall_s:.2f} s wall: {self.throughput_fps:.1f} frames/s"
-        )
+        lines.append(f"{self.num_frames} frames in {self.wall_s:.2f} s wall: {self.throughput_fps:.1f} frames/s")
         return "\n".join(lines)

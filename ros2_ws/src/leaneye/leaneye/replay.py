@@ -33,22 +33,24 @@ handles more candidates. `evaluate=False` runs at the deployment settings and sc
 
 Nothing here imports ROS: a ROS 2 node uses FrameProcessor for its per-frame work.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import msgs
 from .atomic import check_output_path
+from .cli.eval import EVAL_MAX_DETECTIONS, EVAL_NMS_IOU, EVAL_SCORE_THRESHOLD
 from .errors import LeanEyeError
-from .eval_cli import EVAL_MAX_DETECTIONS, EVAL_NMS_IOU, EVAL_SCORE_THRESHOLD
 from .latency import FrameLatency, LatencySummary
 from .scenes.dataset import GROUND_TRUTH_TOPIC, IGNORE_TOPIC
 from .scenes.dataset import LABEL_INFO_TOPIC as TRUTH_LABEL_INFO_TOPIC
@@ -102,14 +104,22 @@ class DeploymentFilter:
         """The detections a run at these settings would give; `suppress`: the decoder's output needs NMS."""
         keep = np.flatnonzero(found.scores >= self.conf)  # scores are sorted: so is keep
         if suppress and self.iou < EVAL_NMS_IOU and len(keep) > 1:
-            from .nms import nms
+            from .vision.nms import nms
 
-            keep = keep[nms(found.boxes[keep], found.scores[keep], found.class_ids[keep], self.iou,
-                            max_detections=self.max_detections)]
+            keep = keep[
+                nms(
+                    found.boxes[keep],
+                    found.scores[keep],
+                    found.class_ids[keep],
+                    self.iou,
+                    max_detections=self.max_detections,
+                )
+            ]
         else:
             keep = keep[: self.max_detections]
-        return dataclasses.replace(found, boxes=found.boxes[keep], scores=found.scores[keep],
-                                   class_ids=found.class_ids[keep])
+        return dataclasses.replace(
+            found, boxes=found.boxes[keep], scores=found.scores[keep], class_ids=found.class_ids[keep]
+        )
 
 
 @dataclass(frozen=True)
@@ -154,9 +164,14 @@ class FrameProcessor:
         postprocess_ms = found.timings["postprocess"] + (time.perf_counter() - filtered) * 1e3
         message = msgs.detection_array_msg(header, published.boxes, published.scores, self.class_id_strings(published))
         total_ms = decode_ms + (time.perf_counter() - started) * 1e3
-        latency = FrameLatency(decode_ms=decode_ms, preprocess_ms=found.timings["preprocess"],
-                               inference_ms=found.timings["inference"], postprocess_ms=postprocess_ms,
-                               total_ms=total_ms, num_detections=len(published))
+        latency = FrameLatency(
+            decode_ms=decode_ms,
+            preprocess_ms=found.timings["preprocess"],
+            inference_ms=found.timings["inference"],
+            postprocess_ms=postprocess_ms,
+            total_ms=total_ms,
+            num_detections=len(published),
+        )
         return ProcessedFrame(found, published, message, latency)
 
 
@@ -182,8 +197,9 @@ def read_ground_truth(reader) -> BagTruth | None:
     if GROUND_TRUTH_TOPIC not in reader.topics:
         return None
     if TRUTH_LABEL_INFO_TOPIC not in reader.topics:
-        raise LeanEyeError(f"{reader.path}: {GROUND_TRUTH_TOPIC} needs its class map on {TRUTH_LABEL_INFO_TOPIC}, "
-                           "which the bag lacks")
+        raise LeanEyeError(
+            f"{reader.path}: {GROUND_TRUTH_TOPIC} needs its class map on {TRUTH_LABEL_INFO_TOPIC}, which the bag lacks"
+        )
     topics = [GROUND_TRUTH_TOPIC, TRUTH_LABEL_INFO_TOPIC] + ([IGNORE_TOPIC] if IGNORE_TOPIC in reader.topics else [])
     class_map: dict[int, str] = {}
     parts: dict[int, list] = {}  # stamp -> [(boxes, class ids, ignored)]
@@ -192,7 +208,9 @@ def read_ground_truth(reader) -> BagTruth | None:
             class_map.update(msgs.class_names_from_label_info(msg))
             continue
         boxes, _, class_ids, _ = msgs.boxes_from_detection_array(msg)
-        parts.setdefault(msgs.stamp_to_ns(msg.header.stamp), []).append((topic, boxes, class_ids, topic == IGNORE_TOPIC))
+        parts.setdefault(msgs.stamp_to_ns(msg.header.stamp), []).append(
+            (topic, boxes, class_ids, topic == IGNORE_TOPIC)
+        )
     if not class_map:
         raise LeanEyeError(f"{reader.path}: topic {TRUTH_LABEL_INFO_TOPIC}: no class map")
     by_stamp = {}
@@ -202,8 +220,10 @@ def read_ground_truth(reader) -> BagTruth | None:
             for class_id in class_ids:
                 name = class_map.get(int(class_id)) if class_id.isdigit() else None
                 if name is None:
-                    raise LeanEyeError(f"{reader.path}: topic {topic}: class_id '{class_id}' is not in the class map "
-                                       f"of {TRUTH_LABEL_INFO_TOPIC}")
+                    raise LeanEyeError(
+                        f"{reader.path}: topic {topic}: class_id '{class_id}' is not in the class map "
+                        f"of {TRUTH_LABEL_INFO_TOPIC}"
+                    )
                 names.append(name)
                 ignore.append(ignored)
         boxes = np.concatenate([piece[1] for piece in pieces]).astype(np.float64)
@@ -231,31 +251,50 @@ class ReplayReport:
 
     def to_dict(self) -> dict:
         return {
-            "bag": self.bag, "topic": self.topic, "engine": self.engine, "out": self.out, "frames": self.frames,
+            "bag": self.bag,
+            "topic": self.topic,
+            "engine": self.engine,
+            "out": self.out,
+            "frames": self.frames,
             "bad_frames": len(self.bad_frames),
-            "bad_frame_reasons": [{"index": bad.index, "log_time_ns": bad.log_time_ns, "reason": bad.reason}
-                                  for bad in self.bad_frames],
-            "detections": self.detections, "settings": self.settings, "latency": self.latency.as_dict(),
+            "bad_frame_reasons": [
+                {"index": bad.index, "log_time_ns": bad.log_time_ns, "reason": bad.reason} for bad in self.bad_frames
+            ],
+            "detections": self.detections,
+            "settings": self.settings,
+            "latency": self.latency.as_dict(),
             "evaluation": None if self.evaluation is None else self.evaluation.to_dict(),
             "frames_without_ground_truth": self.frames_without_truth,
         }
 
     def format(self) -> str:
         published = self.settings["published"]
-        lines = [f"{self.bag} {self.topic}: {self.frames} frames through {self.engine}, "
-                 f"{len(self.bad_frames)} bad frames skipped"]
-        lines += [f"  skipped message {bad.index} (log time {bad.log_time_ns} ns): {bad.reason}"
-                  for bad in self.bad_frames[:_BAD_FRAMES_LISTED]]
+        lines = [
+            f"{self.bag} {self.topic}: {self.frames} frames through {self.engine}, "
+            f"{len(self.bad_frames)} bad frames skipped"
+        ]
+        lines += [
+            f"  skipped message {bad.index} (log time {bad.log_time_ns} ns): {bad.reason}"
+            for bad in self.bad_frames[:_BAD_FRAMES_LISTED]
+        ]
         if len(self.bad_frames) > _BAD_FRAMES_LISTED:
             lines.append(f"  ... and {len(self.bad_frames) - _BAD_FRAMES_LISTED} more")
-        lines.append(f"{self.detections} detections published (score >= {published['conf']}, NMS IoU {published['iou']}, "
-                     f"class_id as {published['class_id']})")
+        lines.append(
+            f"{self.detections} detections published (score >= {published['conf']}, NMS IoU {published['iou']}, "
+            f"class_id as {published['class_id']})"
+        )
         lines.append(self.latency.format_table())
         if self.evaluation is not None:
             engine_run = self.settings["engine_run"]
-            lines.append(f"accuracy on the bag's ground truth (shared/EVAL.md generated scenes: score >= "
-                         f"{engine_run['conf']}, NMS IoU {engine_run['iou']}, at most {engine_run['max_detections']} per frame)"
-                         + (f"; {self.frames_without_truth} frames without truth not scored" if self.frames_without_truth else ""))
+            lines.append(
+                f"accuracy on the bag's ground truth (shared/EVAL.md generated scenes: score >= "
+                f"{engine_run['conf']}, NMS IoU {engine_run['iou']}, at most {engine_run['max_detections']} per frame)"
+                + (
+                    f"; {self.frames_without_truth} frames without truth not scored"
+                    if self.frames_without_truth
+                    else ""
+                )
+            )
             lines.append(self.evaluation.format())
         if self.out is not None:
             lines.append(f"wrote {self.out}")
@@ -264,7 +303,7 @@ class ReplayReport:
 
 def _scored(frames: Sequence, truth: BagTruth, names: Sequence[str], options: ReplayOptions):
     """EVAL.md scoring of (stamp, (height, width), Detections) per replayed frame that has truth."""
-    from .evaluation import GroundTruth, ImageDetections, ImageTruth, evaluate
+    from .eval import GroundTruth, ImageDetections, ImageTruth, evaluate
 
     images, detections, missing = [], {}, 0
     for stamp, (height, width), found in frames:
@@ -273,8 +312,17 @@ def _scored(frames: Sequence, truth: BagTruth, names: Sequence[str], options: Re
             missing += 1
             continue
         image_id = len(images)
-        images.append(ImageTruth(image_id, f"stamp {stamp}", width, height, frame_truth.boxes, frame_truth.class_names,
-                                 frame_truth.ignore))
+        images.append(
+            ImageTruth(
+                image_id,
+                f"stamp {stamp}",
+                width,
+                height,
+                frame_truth.boxes,
+                frame_truth.class_names,
+                frame_truth.ignore,
+            )
+        )
         detections[image_id] = ImageDetections.from_class_ids(found.boxes, found.scores, found.class_ids, names)
     if not images:
         raise LeanEyeError(f"{GROUND_TRUTH_TOPIC}: no ground truth shares a header stamp with the {len(frames)} frames")
@@ -282,9 +330,15 @@ def _scored(frames: Sequence, truth: BagTruth, names: Sequence[str], options: Re
     return result, missing
 
 
-def replay_bag(bag: Path | str, engine_dir: Path | str, options: ReplayOptions = ReplayOptions(),
-               out: Path | str | None = None, storage: str | None = None, force: bool = False,
-               progress: bool = True) -> ReplayReport:
+def replay_bag(
+    bag: Path | str,
+    engine_dir: Path | str,
+    options: ReplayOptions = ReplayOptions(),
+    out: Path | str | None = None,
+    storage: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> ReplayReport:
     """Replay `bag` (folder, .mcap or .db3) through the engine; write the output bag to `out` if given
     (a folder, or a single .mcap / .db3 file; `storage` as in `leaneye.bags.output_storage`)."""
     from tqdm import tqdm
@@ -318,13 +372,17 @@ def replay_bag(bag: Path | str, engine_dir: Path | str, options: ReplayOptions =
         processor = FrameProcessor(detector, options.class_id, deployment if truth is not None else None)
         writer = stack.enter_context(open_bag_writer(out, storage=storage, force=force)) if out is not None else None
         if writer is not None:
-            for name, msgtype in ((LABEL_INFO_TOPIC, msgs.LABEL_INFO), (DETECTIONS_TOPIC, msgs.DETECTION_ARRAY),
-                                  (LATENCY_TOPIC, msgs.FRAME_LATENCY)):
+            for name, msgtype in (
+                (LABEL_INFO_TOPIC, msgs.LABEL_INFO),
+                (DETECTIONS_TOPIC, msgs.DETECTION_ARRAY),
+                (LATENCY_TOPIC, msgs.FRAME_LATENCY),
+            ):
                 writer.add_topic(name, msgtype)
 
         timings, bad_frames, scored, detections = [], [], [], 0
-        bar = stack.enter_context(tqdm(total=reader.counts[topic], desc="replay", unit="frame", file=sys.stderr,
-                                       disable=not progress))
+        bar = stack.enter_context(
+            tqdm(total=reader.counts[topic], desc="replay", unit="frame", file=sys.stderr, disable=not progress)
+        )
         started = time.perf_counter()
         for item in iter_images(reader, topic):
             bar.update(1)
@@ -346,15 +404,32 @@ def replay_bag(bag: Path | str, engine_dir: Path | str, options: ReplayOptions =
         bar.close()
         if not timings:
             if bad_frames:
-                raise LeanEyeError(f"{bag}: topic {topic}: none of its {len(bad_frames)} frames decodes "
-                                   f"(first: {bad_frames[0].reason})")
+                raise LeanEyeError(
+                    f"{bag}: topic {topic}: none of its {len(bad_frames)} frames decodes "
+                    f"(first: {bad_frames[0].reason})"
+                )
             raise LeanEyeError(f"{bag}: topic {topic} holds no frames")
         evaluation, missing = _scored(scored, truth, detector.class_names, options) if truth is not None else (None, 0)
-        settings = {"engine_run": engine_run,
-                    "published": {"conf": options.conf, "iou": options.iou, "max_detections": options.max_detections,
-                                  "class_id": options.class_id}}
+        settings = {
+            "engine_run": engine_run,
+            "published": {
+                "conf": options.conf,
+                "iou": options.iou,
+                "max_detections": options.max_detections,
+                "class_id": options.class_id,
+            },
+        }
         # Returned inside the block: the output bag is renamed into place only after scoring succeeded.
-        return ReplayReport(bag=str(bag), topic=topic, engine=str(engine_dir), out=None if out is None else str(out),
-                            frames=len(timings), bad_frames=bad_frames, detections=detections,
-                            latency=LatencySummary(timings, wall_s), settings=settings, evaluation=evaluation,
-                            frames_without_truth=missing)
+        return ReplayReport(
+            bag=str(bag),
+            topic=topic,
+            engine=str(engine_dir),
+            out=None if out is None else str(out),
+            frames=len(timings),
+            bad_frames=bad_frames,
+            detections=detections,
+            latency=LatencySummary(timings, wall_s),
+            settings=settings,
+            evaluation=evaluation,
+            frames_without_truth=missing,
+        )

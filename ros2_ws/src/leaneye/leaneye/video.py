@@ -1,12 +1,13 @@
 """Dashcam videos as rosbag2 bags of camera images, so real footage can be replayed like a recording."""
+
 from __future__ import annotations
 
 import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -103,8 +104,10 @@ def video_to_bag(
         raise LeanEyeError(f"{video}: the video states no frame rate; pass --fps")
     last_ns = int(start_ns) + round(max(info.frame_count - 1, 0) * 1e9 / rate)
     if not 0 <= start_ns <= last_ns < msgs.MAX_STAMP_NS:
-        raise LeanEyeError(f"--start-time/--fps: the {info.frame_count} frames would be stamped up to {last_ns / 1e9:.0f} s "
-                           f"after the epoch; ROS 2 stamps hold int32 seconds (before 2038-01-19)")
+        raise LeanEyeError(
+            f"--start-time/--fps: the {info.frame_count} frames would be stamped up to {last_ns / 1e9:.0f} s "
+            f"after the epoch; ROS 2 stamps hold int32 seconds (before 2038-01-19)"
+        )
     raw_topic, compressed_topic = image_topics(topic)
     written = 0
     with open_bag_writer(out, storage=storage, force=force) as writer:
@@ -127,6 +130,8 @@ def video_to_bag(
         if written == 0:
             raise LeanEyeError(f"{video}: OpenCV decoded no frames from it")
         if written < info.frame_count * (1 - _FRAME_COUNT_SLACK) - 1:
-            raise LeanEyeError(f"{video}: decoding stopped after {written} of the {info.frame_count} frames its "
-                               f"container states (truncated or damaged file); no bag written")
+            raise LeanEyeError(
+                f"{video}: decoding stopped after {written} of the {info.frame_count} frames its "
+                f"container states (truncated or damaged file); no bag written"
+            )
     return written

@@ -2,6 +2,7 @@
 backend layer, and maps onto the ROS 2 lifecycle: configure = `load()`, activate = `activate()`
 (sessions, device buffers), deactivate = `deactivate()` (frees them; `activate()` may follow again).
 """
+
 from __future__ import annotations
 
 import abc
@@ -47,5 +48,4 @@ class Backend(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def active(self) -> bool:
-        ...
+    def active(self) -> bool: ...

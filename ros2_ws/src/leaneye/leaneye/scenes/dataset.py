@@ -12,13 +12,14 @@ Folder layout written by `write_scene_dataset` (and `leaneye scenes`):
                                   and the class map as vision_msgs/LabelInfo on /ground_truth/label_info
     DIR/stats.json                sizes, occlusion and truncation of the objects (see SceneStats)
 """
+
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import cv2
 import numpy as np
@@ -67,7 +68,10 @@ class SceneStats:
         heights = np.asarray(self.car_heights_px or [0.0])
         n = max(self.objects, 1)
         return {
-            "frames": self.frames, "objects": self.objects, "labelled": self.labelled, "ignore_regions": self.ignore_regions,
+            "frames": self.frames,
+            "objects": self.objects,
+            "labelled": self.labelled,
+            "ignore_regions": self.ignore_regions,
             "per_class": {k: {"labelled": v[0], "ignored": v[1]} for k, v in (self.per_class or {}).items()},
             "cars": len(self.car_heights_px or []),
             "car_height_median_px": float(np.median(heights)),
@@ -80,24 +84,34 @@ class SceneStats:
 
     def format(self) -> str:
         s = self.summary()
-        return (f"{s['frames']} frames, {s['objects']} objects ({s['labelled']} labelled, {s['ignore_regions']} ignore regions); "
-                f"cars: {s['cars']}, median height {s['car_height_median_px']:.0f} px, "
-                f"{100 * s['cars_shorter_than_45px']:.0f}% < 45 px, {100 * s['cars_shorter_than_25px']:.0f}% < 25 px; "
-                f"occluded > 50%: {100 * s['occluded_over_half_rate']:.0f}% of objects (any occlusion: "
-                f"{100 * s['partly_occluded_rate']:.0f}%), truncated > 30%: {100 * s['truncated_over_30pct_rate']:.0f}%")
+        return (
+            f"{s['frames']} frames, {s['objects']} objects ({s['labelled']} labelled, {s['ignore_regions']} ignore regions); "
+            f"cars: {s['cars']}, median height {s['car_height_median_px']:.0f} px, "
+            f"{100 * s['cars_shorter_than_45px']:.0f}% < 45 px, {100 * s['cars_shorter_than_25px']:.0f}% < 25 px; "
+            f"occluded > 50%: {100 * s['occluded_over_half_rate']:.0f}% of objects (any occlusion: "
+            f"{100 * s['partly_occluded_rate']:.0f}%), truncated > 30%: {100 * s['truncated_over_30pct_rate']:.0f}%"
+        )
 
 
 def coco_annotations(frame: SceneFrame, image_id: int, first_annotation_id: int) -> list[dict]:
     out = []
     for k, obj in enumerate(frame.objects):
         x1, y1, x2, y2 = obj.box
-        out.append({
-            "id": first_annotation_id + k, "image_id": image_id, "category_id": COCO_IDS[obj.class_name],
-            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-            "iscrowd": int(obj.ignore), "ignore": int(obj.ignore), "track_id": obj.track_id,
-            "visible_fraction": round(obj.visible_fraction, 4), "truncation": round(obj.truncation, 4),
-            "occlusion": round(obj.occlusion, 4),
-        })
+        out.append(
+            {
+                "id": first_annotation_id + k,
+                "image_id": image_id,
+                "category_id": COCO_IDS[obj.class_name],
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": int(obj.ignore),
+                "ignore": int(obj.ignore),
+                "track_id": obj.track_id,
+                "visible_fraction": round(obj.visible_fraction, 4),
+                "truncation": round(obj.truncation, 4),
+                "occlusion": round(obj.occlusion, 4),
+            }
+        )
     return out
 
 
@@ -107,13 +121,22 @@ def coco_categories() -> list[dict]:
 
 def scene_ground_truth(frames: Iterable[SceneFrame]):
     """Ground truth for `leaneye.evaluation`, straight from frames in memory (image id = position in `frames`)."""
-    from ..evaluation import GroundTruth, ImageTruth
+    from ..eval import GroundTruth, ImageTruth
 
     images = []
     for image_id, frame in enumerate(frames):
         boxes = np.array([o.box for o in frame.objects], dtype=np.float64).reshape(-1, 4)
-        images.append(ImageTruth(image_id, f"{frame.index:06d}.png", frame.image.shape[1], frame.image.shape[0], boxes,
-                                 tuple(o.class_name for o in frame.objects), np.array([o.ignore for o in frame.objects], bool)))
+        images.append(
+            ImageTruth(
+                image_id,
+                f"{frame.index:06d}.png",
+                frame.image.shape[1],
+                frame.image.shape[0],
+                boxes,
+                tuple(o.class_name for o in frame.objects),
+                np.array([o.ignore for o in frame.objects], bool),
+            )
+        )
     return GroundTruth(images, SCENE_CLASSES)
 
 
@@ -127,13 +150,23 @@ def _ground_truth_messages(frame: SceneFrame, frame_id: str):
     out = []
     for objs in (split[False], split[True]):
         boxes = np.array([o.box for o in objs], dtype=np.float64).reshape(-1, 4)
-        out.append(msgs.detection_array_msg(head, boxes, [1.0] * len(objs), [str(o.class_id) for o in objs],
-                                            [str(o.track_id) for o in objs]))
+        out.append(
+            msgs.detection_array_msg(
+                head, boxes, [1.0] * len(objs), [str(o.class_id) for o in objs], [str(o.track_id) for o in objs]
+            )
+        )
     return head, out[0], out[1]
 
 
-def write_scene_dataset(out: Path, frames: Iterable[SceneFrame], storage: str = "mcap", compressed: bool = False,
-                        frame_id: str = "camera", force: bool = False, progress=None) -> SceneStats:
+def write_scene_dataset(
+    out: Path,
+    frames: Iterable[SceneFrame],
+    storage: str = "mcap",
+    compressed: bool = False,
+    frame_id: str = "camera",
+    force: bool = False,
+    progress=None,
+) -> SceneStats:
     """Write images, COCO JSON, bag and stats into `out`, which appears only when all is written."""
     from .. import msgs
     from ..bags import open_bag_writer
@@ -154,36 +187,59 @@ def write_scene_dataset(out: Path, frames: Iterable[SceneFrame], storage: str = 
                 if not cv2.imwrite(str(tmp / "images" / name), frame.image, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
                     raise OSError(f"{tmp / 'images' / name}: could not write the image")
                 height, width = frame.image.shape[:2]
-                images.append({"id": frame.index, "file_name": name, "width": width, "height": height,
-                               "stamp_ns": frame.stamp_ns})
+                images.append(
+                    {"id": frame.index, "file_name": name, "width": width, "height": height, "stamp_ns": frame.stamp_ns}
+                )
                 annotations += coco_annotations(frame, frame.index, len(annotations) + 1)
                 head, truth, ignored = _ground_truth_messages(frame, frame_id)
                 if not stats.frames:
                     bag.write(LABEL_INFO_TOPIC, frame.stamp_ns, msgs.label_info_msg(head, SCENE_CLASSES))
                 bag.write(IMAGE_TOPIC, frame.stamp_ns, msgs.image_msg(frame.image, frame.stamp_ns, frame_id))
                 if compressed:
-                    bag.write(IMAGE_TOPIC + "/compressed", frame.stamp_ns, msgs.compressed_image_msg(frame.image, frame.stamp_ns, frame_id))
+                    bag.write(
+                        IMAGE_TOPIC + "/compressed",
+                        frame.stamp_ns,
+                        msgs.compressed_image_msg(frame.image, frame.stamp_ns, frame_id),
+                    )
                 bag.write(GROUND_TRUTH_TOPIC, frame.stamp_ns, truth)
                 bag.write(IGNORE_TOPIC, frame.stamp_ns, ignored)
                 stats.add(frame)
                 if progress is not None:
                     progress.update(1)
-        coco = {"info": {"description": "LeanEye procedural driving scenes"}, "images": images,
-                "annotations": annotations, "categories": coco_categories()}
+        coco = {
+            "info": {"description": "LeanEye procedural driving scenes"},
+            "images": images,
+            "annotations": annotations,
+            "categories": coco_categories(),
+        }
         (tmp / "annotations.json").write_text(json.dumps(coco))
         (tmp / "stats.json").write_text(json.dumps(stats.summary(), indent=2))
     return stats
 
 
-
-def generate_scene_dataset(out: Path, frames: int, seed: int, size: tuple[int, int] = (1224, 370), rate_hz: float = 10.0,
-                           storage: str = "mcap", compressed: bool = False, frame_id: str = "camera",
-                           force: bool = False) -> SceneStats:
+def generate_scene_dataset(
+    out: Path,
+    frames: int,
+    seed: int,
+    size: tuple[int, int] = (1224, 370),
+    rate_hz: float = 10.0,
+    storage: str = "mcap",
+    compressed: bool = False,
+    frame_id: str = "camera",
+    force: bool = False,
+) -> SceneStats:
     """Render `frames` frames of sequence `seed` into a dataset folder, with a progress bar."""
     from tqdm import tqdm
 
     from .render import generate_frames
 
     with tqdm(total=frames, desc="scenes", unit="frame", file=sys.stderr) as progress:
-        return write_scene_dataset(out, generate_frames(frames, seed, size, rate_hz), storage=storage,
-                                   compressed=compressed, frame_id=frame_id, force=force, progress=progress)
+        return write_scene_dataset(
+            out,
+            generate_frames(frames, seed, size, rate_hz),
+            storage=storage,
+            compressed=compressed,
+            frame_id=frame_id,
+            force=force,
+            progress=progress,
+        )

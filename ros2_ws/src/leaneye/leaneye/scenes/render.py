@@ -11,6 +11,7 @@ frame). Objects too small or too hidden to label become ignore regions, by the r
 Only NumPy and OpenCV are used, so a vehicle (or a simulator feeding one) needs no PyTorch.
 Same seed and same library versions → byte-identical images and boxes.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,10 +32,23 @@ EGO_GAP_M = 9.0  # the nearest a vehicle in our own lane gets
 
 CLASS_INDEX = {name: i for i, name in enumerate(SCENE_CLASSES)}
 
-CAR_COLOURS = np.array([
-    (30, 30, 30), (230, 230, 230), (160, 160, 160), (40, 40, 140), (140, 40, 30), (40, 90, 40),
-    (20, 60, 120), (200, 180, 150), (90, 90, 100), (30, 140, 200), (60, 60, 60), (180, 60, 60),
-], dtype=np.int32)  # BGR
+CAR_COLOURS = np.array(
+    [
+        (30, 30, 30),
+        (230, 230, 230),
+        (160, 160, 160),
+        (40, 40, 140),
+        (140, 40, 30),
+        (40, 90, 40),
+        (20, 60, 120),
+        (200, 180, 150),
+        (90, 90, 100),
+        (30, 140, 200),
+        (60, 60, 60),
+        (180, 60, 60),
+    ],
+    dtype=np.int32,
+)  # BGR
 
 
 @dataclass
@@ -112,8 +126,9 @@ class SceneSequence:
         self.rate_hz = rate_hz
         self.start_ns = start_ns
         rng = self.rng
-        self.camera = _Camera(width, height, FOCAL_PER_WIDTH * width, width / 2.0,
-                              height * (0.46 + rng.uniform(-0.03, 0.03)))
+        self.camera = _Camera(
+            width, height, FOCAL_PER_WIDTH * width, width / 2.0, height * (0.46 + rng.uniform(-0.03, 0.03))
+        )
         self.ego_speed = rng.uniform(6.0, 18.0)
         self.curvature = rng.uniform(-1.2e-3, 1.2e-3)
         self.lanes_left = int(rng.integers(1, 3))  # lanes left of ours (the leftmost may be oncoming)
@@ -135,8 +150,12 @@ class SceneSequence:
         self.background = self._make_background()
         self.actors: list[_Actor] = []
         self._density = {
-            "car": int(rng.integers(4, 12)), "truck": int(rng.integers(0, 3)), "bus": int(rng.integers(0, 2)),
-            "person": int(rng.integers(1, 8)), "cyclist": int(rng.integers(0, 3)), "traffic light": int(rng.integers(0, 4)),
+            "car": int(rng.integers(4, 12)),
+            "truck": int(rng.integers(0, 3)),
+            "bus": int(rng.integers(0, 2)),
+            "person": int(rng.integers(1, 8)),
+            "cyclist": int(rng.integers(0, 3)),
+            "traffic light": int(rng.integers(0, 4)),
         }
         for kind, count in self._density.items():
             for _ in range(count):
@@ -183,9 +202,11 @@ class SceneSequence:
                     z = FAR_Z_M * rng.uniform(0.85, 1.0)
             else:
                 vz = rng.uniform(-3.0, 3.0)
-            dims = {"car": (rng.uniform(1.6, 1.9), rng.uniform(1.35, 1.6), rng.uniform(3.9, 4.7)),
-                    "truck": (rng.uniform(2.3, 2.55), rng.uniform(2.8, 3.8), rng.uniform(6.0, 10.0)),
-                    "bus": (2.55, rng.uniform(3.0, 3.3), rng.uniform(10.5, 12.0))}[kind]
+            dims = {
+                "car": (rng.uniform(1.6, 1.9), rng.uniform(1.35, 1.6), rng.uniform(3.9, 4.7)),
+                "truck": (rng.uniform(2.3, 2.55), rng.uniform(2.8, 3.8), rng.uniform(6.0, 10.0)),
+                "bus": (2.55, rng.uniform(3.0, 3.3), rng.uniform(10.5, 12.0)),
+            }[kind]
             if kind == "bus":
                 colour = np.array([(30, 170, 230), (200, 200, 200), (40, 40, 180), (160, 100, 40)][rng.integers(4)])
             x = lane_x + rng.uniform(-0.4, 0.4)
@@ -200,25 +221,60 @@ class SceneSequence:
             vx = rng.choice([-1.0, 1.0]) * rng.uniform(0.8, 1.6) if crossing else rng.uniform(-0.2, 0.2)
             vz = -self.ego_speed + (0.0 if crossing else rng.uniform(-1.5, 1.5))
             clothes = {"shirt": rng.integers(20, 235, size=3), "trousers": rng.integers(10, 120, size=3)}
-            return _Actor(track, kind, side, z, vx, vz, rng.uniform(0.45, 0.6), rng.uniform(1.5, 1.9), 0.3,
-                          colour, phase=rng.uniform(0, 6.28), extra=clothes)
+            return _Actor(
+                track,
+                kind,
+                side,
+                z,
+                vx,
+                vz,
+                rng.uniform(0.45, 0.6),
+                rng.uniform(1.5, 1.9),
+                0.3,
+                colour,
+                phase=rng.uniform(0, 6.28),
+                extra=clothes,
+            )
         if kind == "cyclist":
             x = right - 0.6 if rng.random() < 0.7 else right + 1.5
             clothes = {"shirt": rng.integers(20, 235, size=3), "trousers": rng.integers(10, 120, size=3)}
-            return _Actor(track, kind, x, z, 0.0, rng.uniform(-self.ego_speed + 2, -self.ego_speed + 6), 0.6, 1.05, 1.75,
-                          colour, phase=rng.uniform(0, 6.28), extra=clothes)
+            return _Actor(
+                track,
+                kind,
+                x,
+                z,
+                0.0,
+                rng.uniform(-self.ego_speed + 2, -self.ego_speed + 6),
+                0.6,
+                1.05,
+                1.75,
+                colour,
+                phase=rng.uniform(0, 6.28),
+                extra=clothes,
+            )
         # traffic light: a housing on a pole at the roadside or over the road
         overhead = rng.random() < 0.4
         x = rng.uniform(left, right) if overhead else (right + 1.5 if rng.random() < 0.6 else left - 1.5)
-        return _Actor(track, kind, x, z, 0.0, -self.ego_speed, 0.35, rng.uniform(0.85, 1.05), 0.3,
-                      np.array([25, 25, 25]), elevation=rng.uniform(4.5, 5.5) if overhead else rng.uniform(2.4, 3.2),
-                      extra={"lit": int(rng.integers(3)), "overhead": overhead})
+        return _Actor(
+            track,
+            kind,
+            x,
+            z,
+            0.0,
+            -self.ego_speed,
+            0.35,
+            rng.uniform(0.85, 1.05),
+            0.3,
+            np.array([25, 25, 25]),
+            elevation=rng.uniform(4.5, 5.5) if overhead else rng.uniform(2.4, 3.2),
+            extra={"lit": int(rng.integers(3)), "overhead": overhead},
+        )
 
     def _follow(self) -> None:
         """Vehicles in one lane keep a gap: the one behind takes the speed of the one ahead."""
         vehicles = sorted((a for a in self.actors if a.kind in ("car", "truck", "bus")), key=lambda a: a.z)
         for i, behind in enumerate(vehicles):
-            for ahead in vehicles[i + 1:]:
+            for ahead in vehicles[i + 1 :]:
                 if abs(ahead.x - behind.x) < 1.5 and ahead.z - (behind.z + behind.length) < 3.0:
                     behind.vz = min(behind.vz, ahead.vz)
                     if ahead.z - (behind.z + behind.length) < 1.0:
@@ -258,7 +314,9 @@ class SceneSequence:
             colour = np.clip(grey + rng.uniform(-25, 25, size=3), 0, 255)
             if rng.random() < 0.4:  # trees
                 colour = np.array([rng.uniform(30, 70), rng.uniform(70, 130), rng.uniform(30, 70)])
-                cv2.ellipse(img, (x + bw // 2, horizon - bh // 2), (bw // 2 + 1, bh // 2 + 1), 0, 0, 360, colour.tolist(), -1)
+                cv2.ellipse(
+                    img, (x + bw // 2, horizon - bh // 2), (bw // 2 + 1, bh // 2 + 1), 0, 0, 360, colour.tolist(), -1
+                )
             else:
                 cv2.rectangle(img, (x, horizon - bh), (x + bw, horizon + 2), colour.tolist(), -1)
             x += bw
@@ -277,7 +335,7 @@ class SceneSequence:
         verge = self.verge_colour
         cols = np.arange(cam.width, dtype=np.float32)[None, :]
         on_road = (cols >= ul[:, None]) & (cols <= ur[:, None])
-        sidewalk = ((cols >= ul[:, None] - 0.25 * (ur - ul)[:, None]) & (cols <= ur[:, None] + 0.25 * (ur - ul)[:, None]))
+        sidewalk = (cols >= ul[:, None] - 0.25 * (ur - ul)[:, None]) & (cols <= ur[:, None] + 0.25 * (ur - ul)[:, None])
         ground = img[rows]
         ground[:] = verge
         ground[sidewalk] = (150, 150, 150)
@@ -319,11 +377,16 @@ class SceneSequence:
             body = a.colour
             # the visible side face (towards the camera's axis), then the rear/front face
             side_x = x - hw if x > 0 else x + hw
-            su, sv = cam.project(np.array([side_x] * 4), np.array([0.25, 0.25, hgt, hgt]), np.array([near_z, far_z, far_z, near_z]))
+            su, sv = cam.project(
+                np.array([side_x] * 4), np.array([0.25, 0.25, hgt, hgt]), np.array([near_z, far_z, far_z, near_z])
+            )
             shapes.append(("poly", np.stack([su, sv], 1), col(body, 0.75)))
             if a.kind == "bus":
-                wu, wv = cam.project(np.array([side_x] * 4), np.array([hgt * 0.55, hgt * 0.55, hgt * 0.85, hgt * 0.85]),
-                                     np.array([near_z + 0.5, far_z - 0.5, far_z - 0.5, near_z + 0.5]))
+                wu, wv = cam.project(
+                    np.array([side_x] * 4),
+                    np.array([hgt * 0.55, hgt * 0.55, hgt * 0.85, hgt * 0.85]),
+                    np.array([near_z + 0.5, far_z - 0.5, far_z - 0.5, near_z + 0.5]),
+                )
                 shapes.append(("poly", np.stack([wu, wv], 1), (40, 35, 30)))
             # wheels on the side
             for wz in (near_z + 0.7, far_z - 0.8):
@@ -333,20 +396,30 @@ class SceneSequence:
             if a.kind == "car":
                 shapes.append(("poly", quad(x - hw, x + hw, 0.25, hgt * 0.6, near_z), col(body)))
                 # cabin: narrower trapezoid, mostly glass
-                u, v = cam.project(np.array([x - hw * 0.95, x + hw * 0.95, x + hw * 0.7, x - hw * 0.7]),
-                                   np.array([hgt * 0.6, hgt * 0.6, hgt, hgt]), near_z + 0.4)
+                u, v = cam.project(
+                    np.array([x - hw * 0.95, x + hw * 0.95, x + hw * 0.7, x - hw * 0.7]),
+                    np.array([hgt * 0.6, hgt * 0.6, hgt, hgt]),
+                    near_z + 0.4,
+                )
                 shapes.append(("poly", np.stack([u, v], 1), col(body, 0.9)))
-                u, v = cam.project(np.array([x - hw * 0.85, x + hw * 0.85, x + hw * 0.68, x - hw * 0.68]),
-                                   np.array([hgt * 0.64, hgt * 0.64, hgt * 0.95, hgt * 0.95]), near_z + 0.4)
+                u, v = cam.project(
+                    np.array([x - hw * 0.85, x + hw * 0.85, x + hw * 0.68, x - hw * 0.68]),
+                    np.array([hgt * 0.64, hgt * 0.64, hgt * 0.95, hgt * 0.95]),
+                    near_z + 0.4,
+                )
                 shapes.append(("poly", np.stack([u, v], 1), (50, 45, 40)))
                 lamp = (40, 40, 210) if a.facing_away else (200, 235, 245)
                 for lx in (x - hw * 0.85, x + hw * 0.6):
                     shapes.append(("poly", quad(lx, lx + hw * 0.25, hgt * 0.42, hgt * 0.52, near_z), lamp))
-                shapes.append(("poly", quad(x - hw * 0.3, x + hw * 0.3, hgt * 0.25, hgt * 0.34, near_z), (210, 210, 210)))
+                shapes.append(
+                    ("poly", quad(x - hw * 0.3, x + hw * 0.3, hgt * 0.25, hgt * 0.34, near_z), (210, 210, 210))
+                )
             else:
                 shapes.append(("poly", quad(x - hw, x + hw, 0.35, hgt, near_z), col(body)))
                 if a.kind == "bus" or not a.facing_away:
-                    shapes.append(("poly", quad(x - hw * 0.85, x + hw * 0.85, hgt * 0.5, hgt * 0.9, near_z), (50, 45, 40)))
+                    shapes.append(
+                        ("poly", quad(x - hw * 0.85, x + hw * 0.85, hgt * 0.5, hgt * 0.9, near_z), (50, 45, 40))
+                    )
                 else:
                     shapes.append(("poly", quad(x - 0.02, x + 0.02, 0.45, hgt * 0.95, near_z), col(body, 0.6)))
                 shapes.append(("poly", quad(x - hw, x + hw, 0.3, 0.5, near_z), (30, 30, 30)))
@@ -363,9 +436,14 @@ class SceneSequence:
                 for dz in (0.0, a.length):
                     u, v = cam.project(x, r, a.z + dz)
                     rad = cam.focal * r / (a.z + dz)
-                    shapes.append(("ellipse", ((float(u), float(v)), (max(rad * 0.25, 0.6), max(rad, 0.6))), (25, 25, 25)))
-                u, v = cam.project(np.array([x - 0.04, x + 0.04, x + 0.04, x - 0.04]), np.array([0.35, 0.35, 0.95, 0.95]),
-                                   np.array([a.z + 0.2, a.z + 0.2, a.z + a.length - 0.3, a.z + a.length - 0.3]))
+                    shapes.append(
+                        ("ellipse", ((float(u), float(v)), (max(rad * 0.25, 0.6), max(rad, 0.6))), (25, 25, 25))
+                    )
+                u, v = cam.project(
+                    np.array([x - 0.04, x + 0.04, x + 0.04, x - 0.04]),
+                    np.array([0.35, 0.35, 0.95, 0.95]),
+                    np.array([a.z + 0.2, a.z + 0.2, a.z + a.length - 0.3, a.z + a.length - 0.3]),
+                )
                 shapes.append(("poly", np.stack([u, v], 1), col(a.colour)))
                 parts.append(("bicycle", shapes))
                 shapes = []
@@ -381,7 +459,9 @@ class SceneSequence:
             shapes.append(("poly", quad(x - hw, x + hw, base + h * 0.45, base + h * 0.82, z), col(shirt)))
             for sgn in (-1, 1):  # arms
                 ax = x + sgn * hw * 1.05
-                shapes.append(("poly", quad(ax - hw * 0.16, ax + hw * 0.16, base + h * 0.5, base + h * 0.8, z), col(shirt, 0.8)))
+                shapes.append(
+                    ("poly", quad(ax - hw * 0.16, ax + hw * 0.16, base + h * 0.5, base + h * 0.8, z), col(shirt, 0.8))
+                )
             u, v = cam.project(x, base + h * 0.91, z)
             rad = cam.focal * h * 0.09 / z
             skin = (70 + 80 * (a.track_id % 3), 110 + 40 * (a.track_id % 2), 150 + 30 * (a.track_id % 3))
@@ -405,10 +485,16 @@ class SceneSequence:
         x = a.x + float(self._curve(a.z))
         px = x if not a.extra["overhead"] else self._road_edges()[1] + 1.0
         mask = np.zeros(owner.shape, np.uint8)
-        u, v = cam.project(np.array([px - 0.08, px + 0.08, px + 0.08, px - 0.08]), np.array([0, 0, a.elevation + 0.2, a.elevation + 0.2]), a.z + 0.05)
+        u, v = cam.project(
+            np.array([px - 0.08, px + 0.08, px + 0.08, px - 0.08]),
+            np.array([0, 0, a.elevation + 0.2, a.elevation + 0.2]),
+            a.z + 0.05,
+        )
         cv2.fillPoly(mask, [np.round(np.stack([u, v], 1)).astype(np.int32)], 1)
         if a.extra["overhead"]:
-            u, v = cam.project(np.array([x, px, px, x]), np.array([a.elevation + 0.7] * 2 + [a.elevation + 0.85] * 2), a.z + 0.05)
+            u, v = cam.project(
+                np.array([x, px, px, x]), np.array([a.elevation + 0.7] * 2 + [a.elevation + 0.85] * 2), a.z + 0.05
+            )
             cv2.fillPoly(mask, [np.round(np.stack([u, v], 1)).astype(np.int32)], 1)
         covered = mask > 0
         img[covered] = (70, 70, 70)
@@ -452,8 +538,11 @@ class SceneSequence:
             if a.kind not in ("car", "truck", "bus"):
                 continue
             x = a.x + float(self._curve(a.z))
-            u, v = cam.project(np.array([x - a.width * 0.6, x + a.width * 0.6, x + a.width * 0.6, x - a.width * 0.6]),
-                               np.zeros(4), np.array([a.z - 0.3, a.z - 0.3, a.z + a.length, a.z + a.length]))
+            u, v = cam.project(
+                np.array([x - a.width * 0.6, x + a.width * 0.6, x + a.width * 0.6, x - a.width * 0.6]),
+                np.zeros(4),
+                np.array([a.z - 0.3, a.z - 0.3, a.z + a.length, a.z + a.length]),
+            )
             cv2.fillPoly(shade, [np.round(np.stack([u, v], 1)).astype(np.int32)], 1)
         img[shade > 0] *= 0.55
 
@@ -485,11 +574,11 @@ class SceneSequence:
                 fx1, fy1 = min(x0 + mask.shape[1], w), min(y0 + mask.shape[0], h)
                 if fx1 <= fx0 or fy1 <= fy0:
                     continue
-                local = mask[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
+                local = mask[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
                 in_frame = int(local.sum())
                 if in_frame == 0:
                     continue
-                img[fy0:fy1, fx0:fx1][local] = canvas[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0][local]
+                img[fy0:fy1, fx0:fx1][local] = canvas[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0][local]
                 owner[fy0:fy1, fx0:fx1][local] = len(pieces)
                 pieces.append((a, class_name, int(mask.sum()), in_frame, (fx0, fy0, fx1, fy1)))
         objects = []
@@ -503,8 +592,17 @@ class SceneSequence:
             box = (float(fx0 + cols[0]), float(fy0 + rows[0]), float(fx0 + cols[-1] + 1), float(fy0 + rows[-1] + 1))
             visible_fraction = visible / full
             ignore = (box[3] - box[1]) < MIN_LABEL_HEIGHT_PX or visible_fraction < MIN_VISIBLE_FRACTION
-            objects.append(SceneObject(a.track_id, CLASS_INDEX[class_name], box, visible_fraction,
-                                       1.0 - in_frame / full, 1.0 - visible / in_frame, ignore))
+            objects.append(
+                SceneObject(
+                    a.track_id,
+                    CLASS_INDEX[class_name],
+                    box,
+                    visible_fraction,
+                    1.0 - in_frame / full,
+                    1.0 - visible / in_frame,
+                    ignore,
+                )
+            )
         image = self._finish(img)
         stamp = self.start_ns + int(round(index * 1e9 / self.rate_hz))
         out = SceneFrame(index, stamp, image, sorted(objects, key=lambda o: (o.track_id, o.class_id)))
@@ -524,8 +622,9 @@ class SceneSequence:
         return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def generate_frames(count: int, seed: int, size: tuple[int, int] = (1224, 370), rate_hz: float = 10.0,
-                    start_ns: int = 0):
+def generate_frames(
+    count: int, seed: int, size: tuple[int, int] = (1224, 370), rate_hz: float = 10.0, start_ns: int = 0
+):
     """Yield `count` consecutive frames of the sequence seeded by `seed`."""
     if count <= 0:
         raise ValueError(f"frames {count}: expected a positive frame count")

@@ -1,0 +1,57 @@
+"""The `leaneye` command: one module per subcommand in this package, each registering itself here.
+
+Errors the user can fix (LeanEyeError) print one line to stderr and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import LeanEyeError
+
+# Modules that define `register(subparsers)`; each adds its subcommand with `set_defaults(func=...)`.
+COMMAND_MODULES = [
+    "leaneye.cli.scenes",
+    "leaneye.cli.eval",
+    "leaneye.cli.detect",
+    "leaneye.cli.bench",
+    "leaneye.cli.bag",
+    "leaneye.cli.replay",
+]
+
+
+def parser_with_commands(prog: str, description: str, modules: list[str]) -> argparse.ArgumentParser:
+    """A parser whose subcommands are registered by `modules`; shared with `leaneye-compress`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in modules:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return parser_with_commands(
+        "leaneye", "LeanEye runtime: detection on camera frames, bags and videos", COMMAND_MODULES
+    )
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse and run; shared by `leaneye` and `leaneye-compress` so both report errors the same way."""
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LeanEyeError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file-system problem the user can fix: name the file, no traceback
+        print(f"{parser.prog}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv)

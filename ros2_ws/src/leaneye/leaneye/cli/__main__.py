@@ -1,0 +1,7 @@
+"""`python -m leaneye.cli` = `leaneye`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""Accuracy by shared/EVAL.md: datasets, COCO matching with bootstrap intervals, comparisons of two models.
+
+pycocotools is imported only inside the functions that need it: a vehicle may run without the "eval" extra.
+"""
+
+from .coco import ALL_AREAS, IOU_THRESHOLDS, MAX_DETECTIONS, SIZE_AREAS, SIZE_LABELS, EvalResult, evaluate
+from .compare import Agreement, PairedDifference, agreement, box_iou, paired_difference
+from .datasets import (
+    IMAGE_SUFFIXES,
+    KITTI_IGNORED_FOR_ALL,
+    KITTI_MAX_OCCLUSION,
+    KITTI_MAX_TRUNCATION,
+    KITTI_MIN_HEIGHT,
+    KITTI_SCORED,
+    GroundTruth,
+    ImageDetections,
+    ImageTruth,
+    coco_ground_truth,
+    kitti_ground_truth,
+)
+
+__all__ = [
+    "ALL_AREAS",
+    "Agreement",
+    "EvalResult",
+    "GroundTruth",
+    "IMAGE_SUFFIXES",
+    "IOU_THRESHOLDS",
+    "ImageDetections",
+    "ImageTruth",
+    "KITTI_IGNORED_FOR_ALL",
+    "KITTI_MAX_OCCLUSION",
+    "KITTI_MAX_TRUNCATION",
+    "KITTI_MIN_HEIGHT",
+    "KITTI_SCORED",
+    "MAX_DETECTIONS",
+    "PairedDifference",
+    "SIZE_AREAS",
+    "SIZE_LABELS",
+    "agreement",
+    "box_iou",
+    "coco_ground_truth",
+    "evaluate",
+    "kitti_ground_truth",
+    "paired_difference",
+]

@@ -1,0 +1,56 @@
+"""A real external detector through the whole runtime: YOLOX-Nano (Megvii's ONNX export) imported with
+`leaneye-compress import`, run by the Detector on 50 real KITTI images and scored by EVAL.md's KITTI
+protocol. An independent script measures mAP50 0.610 and mAP50-95 0.293 on the same images."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("pycocotools")
+
+from leaneye.cli import run_command  # noqa: E402
+from leaneye.cli.eval import EVAL_MAX_DETECTIONS, EVAL_NMS_IOU, EVAL_SCORE_THRESHOLD, detect_all  # noqa: E402
+from leaneye.detector import Detector  # noqa: E402
+from leaneye.eval import evaluate, kitti_ground_truth  # noqa: E402
+from leaneye_compress.stages import import_onnx  # noqa: E402
+
+
+def test_yolox_nano_on_kitti_reaches_the_reference_accuracy(tmp_path, shared_fixtures):
+    fixtures = shared_fixtures
+    yolox = fixtures / "yolox_nano"
+    parser = argparse.ArgumentParser(prog="leaneye-compress")
+    import_onnx.register(parser.add_subparsers(dest="command", required=True))
+    engine = tmp_path / "yolox_nano"
+    assert (
+        run_command(
+            parser,
+            [
+                "import",
+                str(yolox / "yolox_nano.onnx"),
+                "--decoder",
+                "yolox",
+                "--classes",
+                str(yolox / "coco_classes.txt"),
+                "--out",
+                str(engine),
+            ],
+        )
+        == 0
+    )
+
+    ground_truth = kitti_ground_truth(fixtures / "kitti_tiny")
+    with Detector.from_engine(
+        engine, conf=EVAL_SCORE_THRESHOLD, iou=EVAL_NMS_IOU, max_detections=EVAL_MAX_DETECTIONS, threads=2
+    ) as detector:
+        assert detector.manifest.input.color == "bgr" and detector.manifest.letterbox_align == "top-left"
+        detections = detect_all(detector, ground_truth, fixtures / "kitti_tiny" / "image_2")
+    # COCO's "car" and "person" are the scored classes by name; other COCO classes are dropped.
+    result = evaluate(ground_truth, detections, bootstrap=0)
+    assert len(detections) == 50
+    assert result.map50 >= 0.59 and result.map50_95 >= 0.28, result.format()
+    # The same protocol on the same model and images: EVAL.md expects agreement within about 0.01.
+    assert abs(result.map50 - 0.610) <= 0.01 and abs(result.map50_95 - 0.293) <= 0.01, result.format()
