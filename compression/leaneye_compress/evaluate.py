@@ -9,15 +9,12 @@ from __future__ import annotations
 import torch
 
 from leaneye.detector import Detector
-from leaneye.eval import EvalResult, ImageDetections, evaluate
+from leaneye.eval import EVAL_PROTOCOL, EvalResult, ImageDetections, evaluate
 from leaneye.scenes.dataset import scene_ground_truth
 
 from .data import SceneSet
 from .models.detector import LeanDet
 from .stages.export import builtin_manifest
-
-# EVAL.md's detection settings
-EVAL_CONF, EVAL_IOU, EVAL_MAX_DETECTIONS = 0.001, 0.65, 100
 
 
 @torch.no_grad()
@@ -25,9 +22,7 @@ def predict(model: LeanDet, scene_set: SceneSet, class_names, batch_size: int = 
     postprocessor = Detector(
         builtin_manifest(model, class_names),
         backend=None,
-        conf=EVAL_CONF,
-        iou=EVAL_IOU,
-        max_detections=EVAL_MAX_DETECTIONS,
+        **EVAL_PROTOCOL.detector_settings(),
     )
     transform = scene_set.transform
     was_training = model.training
@@ -48,5 +43,7 @@ def predict(model: LeanDet, scene_set: SceneSet, class_names, batch_size: int = 
     return detections
 
 
-def evaluate_model(model: LeanDet, scene_set: SceneSet, class_names, bootstrap: int = 1000) -> EvalResult:
+def evaluate_model(
+    model: LeanDet, scene_set: SceneSet, class_names, bootstrap: int = EVAL_PROTOCOL.bootstrap
+) -> EvalResult:
     return evaluate(scene_ground_truth(scene_set.frames), predict(model, scene_set, class_names), bootstrap=bootstrap)

@@ -13,9 +13,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
 
 from leaneye.cli import run_command  # noqa: E402
-from leaneye.cli.eval import EVAL_MAX_DETECTIONS, EVAL_NMS_IOU, EVAL_SCORE_THRESHOLD, detect_all  # noqa: E402
+from leaneye.cli.eval import detect_all  # noqa: E402
 from leaneye.detector import Detector  # noqa: E402
-from leaneye.eval import evaluate, kitti_ground_truth  # noqa: E402
+from leaneye.eval import (  # noqa: E402
+    EVAL_PROTOCOL,  # noqa: E402
+    evaluate,
+    kitti_ground_truth,
+)
 from leaneye_compress.stages import import_onnx  # noqa: E402
 
 
@@ -43,9 +47,7 @@ def test_yolox_nano_on_kitti_reaches_the_reference_accuracy(tmp_path, shared_fix
     )
 
     ground_truth = kitti_ground_truth(fixtures / "kitti_tiny")
-    with Detector.from_engine(
-        engine, conf=EVAL_SCORE_THRESHOLD, iou=EVAL_NMS_IOU, max_detections=EVAL_MAX_DETECTIONS, threads=2
-    ) as detector:
+    with Detector.from_engine(engine, threads=2, **EVAL_PROTOCOL.detector_settings()) as detector:
         assert detector.manifest.input.color == "bgr" and detector.manifest.letterbox_align == "top-left"
         detections = detect_all(detector, ground_truth, fixtures / "kitti_tiny" / "image_2")
     # COCO's "car" and "person" are the scored classes by name; other COCO classes are dropped.

@@ -26,6 +26,7 @@ import yaml
 
 from leaneye.atomic import atomic_path, check_output_path
 from leaneye.errors import LeanEyeError, first_line
+from leaneye.eval.protocol import EVAL_PROTOCOL
 from leaneye.scenes.classes import SCENE_CLASSES
 
 from ..checkpoint import build_model, read_checkpoint, save_checkpoint
@@ -59,7 +60,7 @@ class TrainConfig:
     eval_every: int = 500
     checkpoint_every: int = 50
     seed: int = 0
-    bootstrap: int = 1000
+    bootstrap: int = EVAL_PROTOCOL.bootstrap
     loss: LossConfig = LossConfig()
 
     def scene_set(self, scenes: ScenesConfig) -> SceneSetConfig:
@@ -274,8 +275,7 @@ def train(
 
     result = evaluate_model(ema, heldout, class_names, bootstrap=config.bootstrap)
     metrics = {
-        "protocol": "shared/EVAL.md, generated scenes: score threshold 0.001, NMS IoU 0.65, max 100 detections, "
-        "COCO mAP (pycocotools), 95% bootstrap interval over images",
+        "protocol": f"generated scenes by {EVAL_PROTOCOL.describe()}",
         "heldout": {
             "first_seed": config.heldout.first_seed,
             "sequences": config.heldout.sequences,

@@ -49,8 +49,8 @@ import numpy as np
 
 from . import msgs
 from .atomic import check_output_path
-from .cli.eval import EVAL_MAX_DETECTIONS, EVAL_NMS_IOU, EVAL_SCORE_THRESHOLD
 from .errors import LeanEyeError
+from .eval.protocol import EVAL_PROTOCOL
 from .latency import FrameLatency, LatencySummary
 from .scenes.dataset import GROUND_TRUTH_TOPIC, IGNORE_TOPIC
 from .scenes.dataset import LABEL_INFO_TOPIC as TRUTH_LABEL_INFO_TOPIC
@@ -103,7 +103,7 @@ class DeploymentFilter:
     def apply(self, found, suppress: bool):
         """The detections a run at these settings would give; `suppress`: the decoder's output needs NMS."""
         keep = np.flatnonzero(found.scores >= self.conf)  # scores are sorted: so is keep
-        if suppress and self.iou < EVAL_NMS_IOU and len(keep) > 1:
+        if suppress and self.iou < EVAL_PROTOCOL.nms_iou and len(keep) > 1:
             from .vision.nms import nms
 
             keep = keep[
@@ -365,7 +365,7 @@ def replay_bag(
         truth = read_ground_truth(reader) if options.evaluate else None
         deployment = DeploymentFilter(options.conf, options.iou, options.max_detections)
         if truth is not None:
-            engine_run = {"conf": EVAL_SCORE_THRESHOLD, "iou": EVAL_NMS_IOU, "max_detections": EVAL_MAX_DETECTIONS}
+            engine_run = EVAL_PROTOCOL.detector_settings()
         else:
             engine_run = {"conf": options.conf, "iou": options.iou, "max_detections": options.max_detections}
         detector = stack.enter_context(Detector.from_engine(engine_dir, threads=options.threads, **engine_run))

@@ -11,12 +11,9 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text, check_output_path
 from ..errors import LeanEyeError
-from ..eval import GroundTruth, ImageDetections, coco_ground_truth, evaluate, kitti_ground_truth
+from ..eval import EVAL_PROTOCOL, GroundTruth, ImageDetections, coco_ground_truth, evaluate, kitti_ground_truth
 
 # EVAL.md's detection settings for every protocol.
-EVAL_SCORE_THRESHOLD = 0.001
-EVAL_NMS_IOU = 0.65
-EVAL_MAX_DETECTIONS = 100
 
 
 def register(subparsers) -> None:
@@ -33,7 +30,10 @@ def register(subparsers) -> None:
     )
     source.add_argument("--scenes", type=Path, help="generated dataset folder: annotations.json (COCO) and images/")
     parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples of the images (0 = no intervals)"
+        "--bootstrap",
+        type=int,
+        default=EVAL_PROTOCOL.bootstrap,
+        help="bootstrap resamples of the images (0 = no intervals)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0 = the backend's default)")
@@ -80,10 +80,8 @@ def run(args) -> int:
     ground_truth, image_dir = load_ground_truth(args)
     with Detector.from_engine(
         args.engine,
-        conf=EVAL_SCORE_THRESHOLD,
-        iou=EVAL_NMS_IOU,
-        max_detections=EVAL_MAX_DETECTIONS,
         threads=args.threads,
+        **EVAL_PROTOCOL.detector_settings(),
     ) as detector:
         detections = detect_all(detector, ground_truth, image_dir)
     result = evaluate(ground_truth, detections, bootstrap=args.bootstrap, seed=args.seed)

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_write_text, check_output_path
+from ..eval.protocol import EVAL_PROTOCOL
 
 # The handler imports the replay itself: building the parser must not load onnxruntime or rosbags.
 
@@ -65,7 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ignore the bag's ground truth: run at --conf/--iou only (deployment latency), no mAP",
     )
     p.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples for the mAP intervals (default: %(default)s)"
+        "--bootstrap",
+        type=int,
+        default=EVAL_PROTOCOL.bootstrap,
+        help="bootstrap resamples for the mAP intervals (default: %(default)s)",
     )
     p.add_argument("--force", action="store_true", help="replace existing --out and --json")
     p.set_defaults(func=run)

@@ -3,7 +3,7 @@
 pycocotools is imported only inside the functions that need it: a vehicle may run without the "eval" extra.
 """
 
-from .coco import ALL_AREAS, IOU_THRESHOLDS, MAX_DETECTIONS, SIZE_AREAS, SIZE_LABELS, EvalResult, evaluate
+from .coco import ALL_AREAS, SIZE_AREAS, SIZE_LABELS, EvalResult, evaluate
 from .compare import Agreement, PairedDifference, agreement, box_iou, paired_difference
 from .datasets import (
     IMAGE_SUFFIXES,
@@ -18,14 +18,16 @@ from .datasets import (
     coco_ground_truth,
     kitti_ground_truth,
 )
+from .protocol import EVAL_PROTOCOL, EvalProtocol
 
 __all__ = [
+    "EVAL_PROTOCOL",
+    "EvalProtocol",
     "ALL_AREAS",
     "Agreement",
     "EvalResult",
     "GroundTruth",
     "IMAGE_SUFFIXES",
-    "IOU_THRESHOLDS",
     "ImageDetections",
     "ImageTruth",
     "KITTI_IGNORED_FOR_ALL",
@@ -33,7 +35,6 @@ __all__ = [
     "KITTI_MAX_TRUNCATION",
     "KITTI_MIN_HEIGHT",
     "KITTI_SCORED",
-    "MAX_DETECTIONS",
     "PairedDifference",
     "SIZE_AREAS",
     "SIZE_LABELS",

@@ -12,9 +12,8 @@ import numpy as np
 
 from ..errors import LeanEyeError
 from .datasets import GroundTruth, ImageDetections
+from .protocol import EVAL_PROTOCOL
 
-IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
-MAX_DETECTIONS = 100
 # COCO's object-size buckets (pixel area), the order pycocotools uses after "all".
 SIZE_LABELS = ("small", "medium", "large")
 ALL_AREAS = [0.0, 1e10]
@@ -93,7 +92,7 @@ def _evaluated(ground_truth: GroundTruth, detections, classes: Sequence[str], ar
 
     coco_gt, coco_dt = _coco_objects(ground_truth, detections, classes)
     ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
-    ev.params.maxDets = [MAX_DETECTIONS]
+    ev.params.maxDets = [EVAL_PROTOCOL.max_detections]
     ev.params.areaRng = [ALL_AREAS] + (SIZE_AREAS if area_ranges else [])
     ev.params.areaRngLbl = ["all"] + (list(SIZE_LABELS) if area_ranges else [])
     with _quiet():
@@ -154,7 +153,7 @@ class _Resampler:
         if n_objects == 0:
             return None
         scores = np.concatenate([e[0] for e in images])
-        n_thresholds = len(IOU_THRESHOLDS)
+        n_thresholds = len(EVAL_PROTOCOL.iou_thresholds)
         if scores.size == 0:
             return np.zeros(n_thresholds)
         order = np.argsort(-scores, kind="mergesort")  # pycocotools' order, ties included
@@ -186,7 +185,7 @@ def _percentile_interval(samples: np.ndarray) -> tuple:
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:
         return (float("nan"), float("nan"))
-    low, high = np.percentile(samples, [2.5, 97.5])
+    low, high = np.percentile(samples, [50 * (1 - EVAL_PROTOCOL.interval), 50 * (1 + EVAL_PROTOCOL.interval)])
     return (float(low), float(high))
 
 
@@ -260,7 +259,7 @@ def evaluate(
     ground_truth: GroundTruth,
     detections: Mapping[int, ImageDetections],
     classes: Sequence[str] | None = None,
-    bootstrap: int = 1000,
+    bootstrap: int = EVAL_PROTOCOL.bootstrap,
     seed: int = 0,
     area_ranges: bool = True,
 ) -> EvalResult:

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import LeanEyeError
 from .coco import _evaluated, _fmt, _percentile_interval, _Resampler, _scored_classes
 from .datasets import GroundTruth, ImageDetections
+from .protocol import EVAL_PROTOCOL
 
 
 @dataclass
@@ -53,7 +54,7 @@ def paired_difference(
     reference: Mapping[int, ImageDetections],
     candidate: Mapping[int, ImageDetections],
     classes: Sequence[str] | None = None,
-    bootstrap: int = 1000,
+    bootstrap: int = EVAL_PROTOCOL.bootstrap,
     seed: int = 0,
 ) -> PairedDifference:
     """How much `candidate` (an INT8 engine, a student) gains or loses against `reference` on the same images."""
