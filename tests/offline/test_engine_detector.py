@@ -393,7 +393,7 @@ def test_bench_overhead_reports_time_outside_inference(engine_dir, tmp_path, cap
         "preprocess",
         "postprocess",
         "glue",
-        "inference call (session.run)",
+        "inference (onnxruntime)",
         "image decoding (separate)",
     }
     assert all(value >= 0 for value in stages.values()) and stages["image decoding (separate)"] > 0

@@ -189,9 +189,7 @@ def _check_decodes(model_path: Path, manifest: dict) -> None:
     from leaneye.detector import Detector
 
     checked = parse_manifest({**manifest, "model_sha256": file_sha256(model_path)}, str(model_path))
-    backend = OnnxRuntimeBackend(
-        model_path, checked.input.name, checked.input.shape, BackendOptions(intra_op_num_threads=1)
-    )
+    backend = OnnxRuntimeBackend(model_path, checked.input.name, checked.input.shape, BackendOptions(threads=1))
     detector = Detector(
         checked,
         backend,

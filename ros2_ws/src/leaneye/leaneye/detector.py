@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from .backends import Backend, BackendOptions, load_backend
-from .engine import InputSpec, Manifest, load_manifest
+from .engine import InputSpec, Manifest, load_manifest, model_file
 from .errors import LeanEyeError
 from .vision.decoders import DECODERS, DecodeParams
 from .vision.letterbox import LetterboxTransform, letterbox_transform, resize_into
@@ -176,7 +176,14 @@ class Detector:
     ) -> Detector:
         """Load, check and activate the engine in `engine_dir`; `threads` 0 = the backend's default."""
         manifest = load_manifest(engine_dir)
-        backend = load_backend(engine_dir, manifest, BackendOptions(intra_op_num_threads=threads))
+        backend = load_backend(
+            manifest.backend,
+            model_file(engine_dir, manifest),
+            manifest.input.name,
+            manifest.input.shape,
+            BackendOptions(threads=threads),
+            manifest.target,
+        )
         detector = cls(
             manifest,
             backend,

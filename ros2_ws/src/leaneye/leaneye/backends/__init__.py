@@ -1,7 +1,8 @@
 """Inference backends behind one interface (`base.Backend`), chosen by an engine manifest's "backend"
-field and found through the registry; backend libraries are imported only when an engine asks."""
+field and found through the registry (built in, or Python entry points of group `leaneye.backends`);
+backend libraries are imported only when an engine asks."""
 
 from .base import Backend, BackendOptions
-from .registry import BACKENDS, load_backend
+from .registry import ENTRY_POINT_GROUP, backend_class, backend_names, load_backend
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "load_backend"]
+__all__ = ["ENTRY_POINT_GROUP", "Backend", "BackendOptions", "backend_class", "backend_names", "load_backend"]

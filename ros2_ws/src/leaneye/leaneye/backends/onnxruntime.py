@@ -1,38 +1,60 @@
 """ONNX Runtime backend, CPU execution provider. onnxruntime is imported when an engine is loaded,
-not when leaneye is."""
+not when leaneye is.
+
+Target check (the manifest's optional `target` block): an ONNX Runtime CPU engine is built for no
+GPU and no TensorRT, so a target naming `tensorrt_version`, `compute_capability` or `device_name`
+is refused; `onnxruntime_version` is a minimum the installed onnxruntime must meet.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import LeanEyeError, first_line
-from .base import Backend, BackendOptions
+from .base import Backend, version_tuple
+
+GPU_TARGET_FIELDS = ("tensorrt_version", "compute_capability", "device_name")
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, model_path: Path, input_name: str, input_shape: tuple[int, ...], options: BackendOptions):
-        self.model_path = model_path
-        self.input_name = input_name
-        self.input_shape = tuple(input_shape)
-        self.options = options
+    name = "onnxruntime"
+    devices = ("cpu",)
+    honours_threads = True  # ONNX Runtime's intra-op threads; inter-op stays its default
+
+    def _load(self, target) -> None:
+        # Fail at configure time, not at activate, when the package is missing.
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise LeanEyeError(
+                f"{self.model_path}: backend 'onnxruntime' needs the onnxruntime package (pip install onnxruntime)"
+            )
         self.session = None
         self.run_options = None
-
-    @property
-    def active(self) -> bool:
-        return self.session is not None
-
-    def activate(self) -> None:
-        if self.session is not None:
+        if target is None:
             return
+        for key in GPU_TARGET_FIELDS:
+            value = getattr(target, key)
+            if value is not None:
+                raise LeanEyeError(
+                    f"{self.model_path}: the engine was built for {key.replace('_', ' ')} {value} "
+                    f"(manifest field 'target.{key}'), but backend 'onnxruntime' runs on the CPU and has none"
+                )
+        if target.onnxruntime_version is not None:
+            import onnxruntime
+
+            if version_tuple(onnxruntime.__version__) < version_tuple(target.onnxruntime_version):
+                raise LeanEyeError(
+                    f"{self.model_path}: the engine was built for onnxruntime >= {target.onnxruntime_version} "
+                    f"(manifest field 'target.onnxruntime_version'), but this machine has onnxruntime "
+                    f"{onnxruntime.__version__}"
+                )
+
+    def _activate(self) -> None:
         import onnxruntime
 
         session_options = onnxruntime.SessionOptions()
-        session_options.intra_op_num_threads = self.options.intra_op_num_threads
-        session_options.inter_op_num_threads = self.options.inter_op_num_threads
+        session_options.intra_op_num_threads = self.options.threads
         try:
             session = onnxruntime.InferenceSession(
                 str(self.model_path), sess_options=session_options, providers=["CPUExecutionProvider"]
@@ -54,14 +76,13 @@ class OnnxRuntimeBackend(Backend):
                 f"{self.model_path}: manifest field 'input.shape' is {list(self.input_shape)}, "
                 f"but the model's input {self.input_name!r} has shape {model_shape}"
             )
-        # A failing run is reported by infer() as one line; ORT would also log it, a second time, to stderr.
+        # A failing run is reported by _infer as one line; ORT would also log it, a second time, to stderr.
         self.run_options = onnxruntime.RunOptions()
         self.run_options.log_severity_level = 4  # fatal only
         self.session = session
 
-    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
-        if self.session is None:
-            raise RuntimeError("OnnxRuntimeBackend.infer before activate()")
+    def _infer(self, tensor: np.ndarray) -> list[np.ndarray]:
+        # session.run returns host arrays once the run is done: nothing left to synchronise.
         try:
             return self.session.run(None, {self.input_name: tensor}, self.run_options)
         except Exception as exc:  # a model that loads but fails inside (e.g. a reshape that wants another size)
@@ -70,17 +91,6 @@ class OnnxRuntimeBackend(Backend):
                 f"{list(tensor.shape)} {tensor.dtype} input: {first_line(exc)}"
             ) from None
 
-    def deactivate(self) -> None:
+    def _deactivate(self) -> None:
         self.session = None
         self.run_options = None
-
-
-def load(engine_dir: Path, manifest, options: BackendOptions) -> OnnxRuntimeBackend:
-    from ..engine import model_file
-
-    # Fail at configure time, not at activate, when the package is missing.
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise LeanEyeError(
-            f"{engine_dir}: backend 'onnxruntime' needs the onnxruntime package (pip install onnxruntime)"
-        )
-    return OnnxRuntimeBackend(model_file(engine_dir, manifest), manifest.input.name, manifest.input.shape, options)

@@ -43,7 +43,8 @@ def run_bench_overhead(args) -> int:
     print(f"  postprocess                    {result['postprocess_ms']:8.3f} ms")
     print(f"  glue                           {result['glue_ms']:8.3f} ms")
     print(f"  outside the inference call     {result['outside_ms']:8.3f} ms  (p90 {result['outside_p90_ms']:.3f})")
-    print(f"  inference call (session.run)   {result['inference_ms']:8.3f} ms")
+    inference = f"inference ({detector.backend.name})"
+    print(f"  {inference:<31}{result['inference_ms']:8.3f} ms")
     print(f"  ratio outside / inference      {result['ratio']:8.3f}")
     print(f"  image decoding (separate)      {result['decode_ms']:8.3f} ms")
     return 0

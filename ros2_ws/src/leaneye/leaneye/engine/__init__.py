@@ -6,6 +6,8 @@ from .manifest import (
     FORMAT_VERSION,
     INPUT_DTYPES,
     MANIFEST_NAME,
+    MAX_INPUT_PIXELS,
+    MAX_INPUT_SIDE,
     PRECISIONS,
     InputSpec,
     Manifest,
@@ -16,6 +18,7 @@ from .manifest import (
     tool_versions,
     write_engine,
 )
+from .target import Target
 
 __all__ = [
     "ALIGNS",
@@ -24,8 +27,11 @@ __all__ = [
     "INPUT_DTYPES",
     "InputSpec",
     "MANIFEST_NAME",
+    "MAX_INPUT_PIXELS",
+    "MAX_INPUT_SIDE",
     "Manifest",
     "PRECISIONS",
+    "Target",
     "file_sha256",
     "load_manifest",
     "model_file",

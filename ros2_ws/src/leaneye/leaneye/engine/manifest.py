@@ -8,12 +8,12 @@ manifest.json (format_version 1):
 
     {
       "format_version": 1,
-      "backend": "onnxruntime",             # a key of leaneye.backends.BACKENDS
+      "backend": "onnxruntime",             # a name in leaneye.backends.backend_names()
       "precision": "fp32",                  # fp32 | fp16 | int8 | mixed
       "model": "model.onnx",                # file inside the directory
       "model_sha256": "<64 hex digits>",
       "input": {
-        "name": "images", "shape": [1, 3, 416, 416],   # N, C, H, W (H and W may differ)
+        "name": "images", "shape": [1, 3, 416, 416],   # N, C, H, W (H and W may differ, see below)
         "layout": "NCHW", "dtype": "float32",           # float32 | float16
         "color": "bgr",                                 # channel order the network expects: bgr | rgb
         "scale": 1.0, "mean": null, "std": null         # tensor = (pixel * scale - mean) / std
@@ -21,8 +21,16 @@ manifest.json (format_version 1):
       "letterbox": {"align": "top-left", "pad_value": 114},   # align: center | top-left
       "decoder": {"type": "yolox", "strides": [8, 16, 32]},  # type: a key of leaneye.decoders.DECODERS
       "class_names": ["person", "bicycle", ...],
-      "producer": {"tool": "leaneye-compress import", "versions": {"onnx": "1.23.2", ...}}
+      "producer": {"tool": "leaneye-compress import", "versions": {"onnx": "1.23.2", ...}},
+      "target": {"onnxruntime_version": "1.17"}            # optional, see leaneye.engine.target
     }
+
+H and W are at most MAX_INPUT_SIDE each and H * W at most MAX_INPUT_PIXELS, checked before anything
+is allocated for the input. The optional `target` block says what the engine was built for
+(TensorRT version, GPU compute capability and name, minimum onnxruntime); the backend compares it
+with what this machine has when the engine is loaded. The ONNX Runtime backend refuses a target
+naming a TensorRT version or a GPU (a CPU engine carries none) and an onnxruntime_version above the
+installed one. Manifests without the block stay valid.
 
 `load_manifest` checks every field, the model's path (inside the directory) and its sha256
 before any backend touches the model, so a wrong engine fails at once with a one-line error
@@ -33,13 +41,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..atomic import atomic_path
+from ..backends.registry import backend_names
 from ..errors import LeanEyeError
+from .fields import Fields
+from .target import Target, parse_target
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -47,6 +57,10 @@ PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 INPUT_DTYPES = ("float32", "float16")
 COLORS = ("bgr", "rgb")
 ALIGNS = ("center", "top-left")
+# Bounds on the network input, so that a hostile or mistyped shape fails as a one-line error instead
+# of a multi-gigabyte allocation: 8192 covers any camera's side, 4096 x 4096 any detector's input.
+MAX_INPUT_SIDE = 8192
+MAX_INPUT_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,7 @@ class Manifest:
     decoder_params: dict
     class_names: tuple[str, ...]
     producer: dict = field(default_factory=dict)
+    target: Target | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
@@ -86,7 +101,7 @@ class Manifest:
         spec["shape"] = list(self.input.shape)
         for key in ("mean", "std"):
             spec[key] = None if spec[key] is None else list(spec[key])
-        return {
+        data = {
             "format_version": self.format_version,
             "backend": self.backend,
             "precision": self.precision,
@@ -98,69 +113,12 @@ class Manifest:
             "class_names": list(self.class_names),
             "producer": self.producer,
         }
+        if self.target is not None:
+            data["target"] = self.target.to_dict()
+        return data
 
 
-class _Fields:
-    """Typed reads from the manifest's JSON, each failure naming the field and what was expected."""
-
-    def __init__(self, where: str):
-        self.where = where
-
-    def fail(self, path: str, expected: str, value=None) -> LeanEyeError:
-        got = "" if value is None else f" (got {json.dumps(value)[:80]})"
-        return LeanEyeError(f"{self.where}: field '{path}': expected {expected}{got}")
-
-    def get(self, data: dict, path: str, expected: str):
-        key = path.rsplit(".", 1)[-1]
-        if not isinstance(data, dict) or key not in data:
-            raise LeanEyeError(f"{self.where}: field '{path}' is missing; expected {expected}")
-        return data[key]
-
-    def choice(self, data: dict, path: str, choices) -> str:
-        value = self.get(data, path, f"one of {', '.join(map(str, choices))}")
-        if value not in choices:
-            raise self.fail(path, f"one of {', '.join(map(str, choices))}", value)
-        return value
-
-    def string(self, data: dict, path: str, expected: str = "a non-empty string") -> str:
-        value = self.get(data, path, expected)
-        if not isinstance(value, str) or not value:
-            raise self.fail(path, expected, value)
-        return value
-
-    def obj(self, data: dict, path: str, expected: str) -> dict:
-        value = self.get(data, path, expected)
-        if not isinstance(value, dict):
-            raise self.fail(path, expected, value)
-        return value
-
-    def number(self, value, path: str, expected: str, positive: bool = False) -> float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or (positive and value <= 0):
-            raise self.fail(path, expected, value)
-        return float(value)
-
-    def triple(self, data: dict, path: str, positive: bool) -> tuple[float, float, float] | None:
-        expected = "null or 3 " + ("positive " if positive else "") + "numbers, one per channel"
-        value = data.get(path.rsplit(".", 1)[-1]) if isinstance(data, dict) else None
-        if value is None:
-            return None
-        if not isinstance(value, list) or len(value) != 3:
-            raise self.fail(path, expected, value)
-        return tuple(self.number(v, path, expected, positive) for v in value)
-
-    def int_list(self, value, path: str, expected: str, length: int | None = None) -> tuple[int, ...]:
-        if (
-            not isinstance(value, list)
-            or (length is not None and len(value) != length)
-            or not value
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-        ):
-            raise self.fail(path, expected, value)
-        return tuple(value)
-
-
-def _model_file_name(fields: _Fields, value: str) -> str:
+def _model_file_name(fields: Fields, value: str) -> str:
     """The model's path must name a file inside the engine directory: no '..', not absolute."""
     expected = "a file name inside the engine directory (no '..', not absolute)"
     for pure in (PurePosixPath(value), PureWindowsPath(value)):
@@ -173,10 +131,9 @@ def _model_file_name(fields: _Fields, value: str) -> str:
 
 def parse_manifest(data, where: str = MANIFEST_NAME) -> Manifest:
     """Validate the JSON form of a manifest (everything but the model file itself)."""
-    from ..backends import BACKENDS
     from ..vision.decoders import DECODERS
 
-    fields = _Fields(where)
+    fields = Fields(where)
     if not isinstance(data, dict):
         raise LeanEyeError(f"{where}: expected a JSON object")
     version = fields.get(data, "format_version", f"{FORMAT_VERSION}")
@@ -184,7 +141,7 @@ def parse_manifest(data, where: str = MANIFEST_NAME) -> Manifest:
         raise fields.fail(
             "format_version", f"{FORMAT_VERSION} (this leaneye reads format {FORMAT_VERSION} only)", version
         )
-    backend = fields.choice(data, "backend", sorted(BACKENDS))
+    backend = fields.choice(data, "backend", backend_names())
     precision = fields.choice(data, "precision", PRECISIONS)
     model = _model_file_name(fields, fields.string(data, "model", "the model's file name"))
     sha256 = fields.string(data, "model_sha256", "64 hexadecimal digits")
@@ -197,6 +154,12 @@ def parse_manifest(data, where: str = MANIFEST_NAME) -> Manifest:
     )
     if shape[0] != 1 or shape[1] != 3:
         raise fields.fail("input.shape", "[1, 3, H, W] (batch 1, 3 colour channels)", list(shape))
+    if max(shape[2:]) > MAX_INPUT_SIDE or shape[2] * shape[3] > MAX_INPUT_PIXELS:
+        raise fields.fail(
+            "input.shape",
+            f"[1, 3, H, W] with H and W at most {MAX_INPUT_SIDE} and H * W at most {MAX_INPUT_PIXELS}",
+            list(shape),
+        )
     input_spec = InputSpec(
         name=fields.string(spec, "input.name", "the model's input tensor name"),
         shape=shape,
@@ -253,6 +216,7 @@ def parse_manifest(data, where: str = MANIFEST_NAME) -> Manifest:
         decoder_params=decoder_params,
         class_names=tuple(names),
         producer=producer,
+        target=parse_target(data, fields),
     )
 
 
