@@ -1,9 +1,5 @@
 """ONNX Runtime backend, CPU execution provider. onnxruntime is imported when an engine is loaded,
-not when leaneye is.
-
-Target check (the manifest's optional `target` block): an ONNX Runtime CPU engine is built for no
-GPU and no TensorRT, so a target naming `tensorrt_version`, `compute_capability` or `device_name`
-is refused; `onnxruntime_version` is a minimum the installed onnxruntime must meet.
+not when leaneye is. Which `target` fields it refuses: the manifest format, `leaneye.engine.manifest`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ manifest.json (format_version 1):
         "scale": 1.0, "mean": null, "std": null         # tensor = (pixel * scale - mean) / std
       },
       "letterbox": {"align": "top-left", "pad_value": 114},   # align: center | top-left
-      "decoder": {"type": "yolox", "strides": [8, 16, 32]},  # type: a key of leaneye.decoders.DECODERS
+      "decoder": {"type": "yolox", "strides": [8, 16, 32]},  # type: a key of leaneye.vision.decoders.DECODERS
       "class_names": ["person", "bicycle", ...],
       "producer": {"tool": "leaneye-compress import", "versions": {"onnx": "1.23.2", ...}},
       "target": {"onnxruntime_version": "1.17"}            # optional, see leaneye.engine.target

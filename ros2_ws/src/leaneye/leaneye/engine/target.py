@@ -1,6 +1,6 @@
 """A manifest's optional `target` block: what the engine was built for, which the backend compares
 at load with what this machine and its libraries have (each backend decides which fields it can
-check; the ONNX Runtime backend's rule is in `leaneye.backends.onnxruntime`).
+check; the ONNX Runtime backend's rule is in `leaneye.engine.manifest`).
 
     "target": {
       "tensorrt_version": "10.3.0",      # the TensorRT that built a plan (plans run only on it)
