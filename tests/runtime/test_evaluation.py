@@ -208,6 +208,7 @@ def run_eval_cli(argv: list) -> int:
     return run_command(parser, argv)
 
 
+@pytest.mark.slow
 def test_eval_cli_on_kitti_with_yolox(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from leaneye.engine import write_engine
