@@ -59,10 +59,7 @@ def load_ground_truth(args) -> tuple[GroundTruth, Path]:
 def detect_all(detector, ground_truth: GroundTruth, image_dir: Path) -> dict:
     detections = {}
     for image in ground_truth.images:
-        path = image_dir / image.file_name
-        if not path.exists():
-            raise LeanEyeError(f"{path}: missing image (named in the labels)")
-        found = detector.detect(read_image(path)[1])
+        found = detector.detect(read_image(image_dir / image.file_name)[1])
         detections[image.image_id] = ImageDetections.from_class_ids(
             found.boxes, found.scores, found.class_ids, found.class_names
         )
