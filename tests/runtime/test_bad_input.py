@@ -54,6 +54,14 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def tiff_claiming(width: int, height: int) -> bytes:
+    """A TIFF directory claiming width x height: OpenCV 4 and 5 both raise cv2.error on it, and OpenCV 4
+    also logs a "[ WARN ]" line of its own."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8), (278, 4, height)]
+    directory = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", tag, kind, 1, v) for tag, kind, v in tags)
+    return b"II*\x00" + struct.pack("<I", 9) + b"\x00" + directory + struct.pack("<I", 0)
+
+
 def error_lines(capfd) -> list[str]:
     return [line for line in capfd.readouterr().err.splitlines() if line.strip() and "%|" not in line]  # less tqdm
 
@@ -80,6 +88,14 @@ def test_an_image_claiming_too_many_pixels_is_one_error_naming_its_size(data):
     assert width * height > MAX_IMAGE_PIXELS
     with pytest.raises(LeanEyeError, match=rf"^huge\.img: header claims {width}x{height} pixels"):
         decode_image(data, "huge.img")
+
+
+def test_an_opencv_exception_is_one_error_and_opencv_logs_nothing(capfd):
+    with pytest.raises(
+        LeanEyeError, match=r"^frame 3: not a readable image \(OpenCV: pixels <= CV_IO_MAX_IMAGE_PIXELS\)$"
+    ):
+        decode_image(tiff_claiming(100_000, 100_000), "frame 3")
+    assert capfd.readouterr().err == ""
 
 
 def test_detect_on_a_folder_with_an_oversized_image_is_one_line(tmp_path, capfd):

@@ -13,6 +13,7 @@ from .errors import LeanEyeError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 # OpenCV's own default limit (CV_IO_MAX_IMAGE_PIXELS): OpenCV 5 raises above it, OpenCV 4 returns None.
 MAX_IMAGE_PIXELS = 1 << 30
+_OPENCV_LOG_ERROR = 2  # cv::utils::logging::LOG_LEVEL_ERROR: errors only, no warnings
 _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame; not DHT, JPG, DAC
 
 
@@ -62,6 +63,14 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _opencv_log_level():
+    """OpenCV's (get, set) of its log level: cv2.utils.logging in OpenCV 5, cv2 itself in OpenCV 4."""
+    import cv2
+
+    logging = getattr(cv2.utils, "logging", None)
+    return (logging.getLogLevel, logging.setLogLevel) if logging else (cv2.getLogLevel, cv2.setLogLevel)
+
+
 def decode_image(data: bytes | np.ndarray, source: str | Path) -> np.ndarray:
     """BGR uint8 pixels of an encoded image; `source` (a file, a bag frame) names it in errors."""
     import cv2
@@ -72,10 +81,16 @@ def decode_image(data: bytes | np.ndarray, source: str | Path) -> np.ndarray:
     size = header_size(buffer[:65536].tobytes())
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise LeanEyeError(f"{source}: header claims {size[0]}x{size[1]} pixels, over the {MAX_IMAGE_PIXELS} limit")
+    get_level, set_level = _opencv_log_level()
+    level = get_level()
+    # OpenCV's own "[ WARN ]" lines about a bad file would only repeat the error raised below.
+    set_level(_OPENCV_LOG_ERROR)
     try:
         frame = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    except cv2.error as exc:  # OpenCV 5 raises where OpenCV 4 returns None
-        raise LeanEyeError(f"{source}: not a readable image ({str(exc).strip().splitlines()[-1]})") from None
+    except cv2.error as exc:  # OpenCV 5 raises where OpenCV 4 returns None (and both raise for some formats)
+        raise LeanEyeError(f"{source}: not a readable image (OpenCV: {exc.err})") from None
+    finally:
+        set_level(level)
     if frame is None:
         raise LeanEyeError(f"{source}: not a readable image")
     return frame
