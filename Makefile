@@ -26,7 +26,7 @@ SHELL := /bin/bash
 # prints "Location ... is ignored" once per package and index. Only those lines are dropped.
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test test-numpy1 lint lint-py310 train-default venv clean
+.PHONY: demo test test-all test-numpy1 lint lint-py310 train-default venv clean
 
 venv: $(STAMP)
 
@@ -40,11 +40,19 @@ $(STAMP): constraints.txt pyproject.toml ros2_ws/src/leaneye/setup.py
 demo: $(STAMP)
 	$(PY) -m leaneye_compress.demo
 
+# `make test`: everything but the tests marked slow (training, the demo, ONNX export, real-data runs;
+# a few minutes). `make test-all`, which CI runs (.ci/run), includes them. (test-numpy1 runs all of
+# the runtime core either way: its slow tests take seconds.)
+PYTEST_SELECT ?= -m "not slow"
+
 test: $(STAMP)
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_SELECT) tests
 	$(MAKE) --no-print-directory lint-py310
 	$(MAKE) --no-print-directory test-numpy1
+
+test-all: $(STAMP)
+	$(MAKE) --no-print-directory test PYTEST_SELECT=
 
 # ruff lints and checks formatting of both halves and the tests (configuration in pyproject.toml).
 lint: $(STAMP)

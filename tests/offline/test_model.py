@@ -43,6 +43,7 @@ def test_presets_differ_in_size_and_keep_channels_multiple_of_8():
         preset_config("huge", 6)
 
 
+@pytest.mark.slow
 def test_onnx_export_is_self_contained_and_equals_pytorch(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # an exporter that writes external weights would leave files here
     model = _random_model()

@@ -23,6 +23,7 @@ from leaneye.eval import (  # noqa: E402
 from leaneye_compress.stages import import_onnx  # noqa: E402
 
 
+@pytest.mark.slow
 def test_yolox_nano_on_kitti_reaches_the_reference_accuracy(tmp_path, shared_fixtures):
     fixtures = shared_fixtures
     yolox = fixtures / "yolox_nano"

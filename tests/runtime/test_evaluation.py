@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from conftest import shared_fixtures_dir
+from helpers import jittered, perfect, scenes
 
 from leaneye.cli import eval as eval_cli
 from leaneye.cli import run_command
@@ -16,57 +17,15 @@ from leaneye.eval import (
     GroundTruth,
     ImageDetections,
     ImageTruth,
-    agreement,
     coco_ground_truth,
     evaluate,
     kitti_ground_truth,
-    paired_difference,
 )
 from leaneye.eval.coco import _evaluated, _Resampler
 
 pytestmark = pytest.mark.runtime_core
 
 pytest.importorskip("pycocotools", reason="the 'eval' extra (pycocotools) is not installed")
-
-
-def scenes(n_images: int, seed: int = 0) -> GroundTruth:
-    """Images with 2-9 car/person boxes of all COCO sizes (10-300 px sides), every fourth box an ignore region, one
-    ignore-for-all region per image in a corner no box reaches (x > 1200)."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for i in range(n_images):
-        k = int(rng.integers(2, 10))
-        corner = rng.uniform(0, 880, (k, 2))
-        size = np.exp(rng.uniform(np.log(10), np.log(300), (k, 2)))
-        names = tuple(rng.choice(["car", "person"], k))
-        ignore = np.arange(k) % 4 == 3
-        images.append(
-            ImageTruth(
-                i + 10,
-                f"{i}.png",
-                1280,
-                720,
-                np.hstack([corner, corner + size]),
-                names,
-                ignore,
-                ignore_all=np.array([[1200.0, 620.0, 1275.0, 710.0]]),
-            )
-        )
-    return GroundTruth(images, ("car", "person"))
-
-
-def perfect(gt: GroundTruth) -> dict:
-    return {im.image_id: ImageDetections.from_truth(im) for im in gt.images}
-
-
-def jittered(gt: GroundTruth, pixels: float, seed: int = 1) -> dict:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for image_id, dets in perfect(gt).items():
-        out[image_id] = ImageDetections(
-            dets.boxes + rng.normal(0, pixels, dets.boxes.shape), rng.uniform(0.2, 1.0, len(dets)), dets.class_names
-        )
-    return out
 
 
 def with_extra(dets: dict, image_id: int, box, name: str, score: float = 0.99) -> dict:
@@ -175,43 +134,6 @@ def test_bootstrap_interval_contains_estimate_and_narrows_with_more_images():
     )
 
 
-def test_paired_difference():
-    gt = scenes(40)
-    good, worse = jittered(gt, 2.0), jittered(gt, 6.0)
-    same = paired_difference(gt, good, good, bootstrap=200)
-    assert same.difference == {"mAP50-95": 0.0, "mAP50": 0.0}
-    assert same.interval == {"mAP50-95": (0.0, 0.0), "mAP50": (0.0, 0.0)}
-    loss = paired_difference(gt, good, worse, bootstrap=200)
-    assert loss.reference["mAP50-95"] == pytest.approx(evaluate(gt, good, bootstrap=0).map50_95, abs=1e-12)
-    low, high = loss.interval["mAP50-95"]
-    assert low <= loss.difference["mAP50-95"] <= high < 0
-    json.dumps(loss.to_dict())
-    assert "mAP50-95" in loss.format()
-
-
-def test_agreement():
-    gt = scenes(20)
-    dets = perfect(gt)
-    same = agreement(dets, dets)
-    assert same.mean_f1 == 1.0 and same.mean_iou == pytest.approx(1.0)
-    assert all(s["f1"] == 1.0 for s in same.per_class.values())
-    # Every candidate box shifted by a quarter of its width: IoU 0.75 / 1.25 = 0.6, all still matched.
-    shifted = {}
-    for k, d in dets.items():
-        dx = (d.boxes[:, 2] - d.boxes[:, 0]) / 4
-        shifted[k] = ImageDetections(d.boxes + np.stack([dx, 0 * dx, dx, 0 * dx], axis=1), d.scores, d.class_names)
-    moved = agreement(dets, shifted)
-    assert moved.mean_f1 == 1.0 and moved.mean_iou == pytest.approx(0.6)
-    # Below the score threshold a reference box does not count; the candidate's box is then unmatched.
-    first = gt.images[0].image_id
-    quiet = {**dets, first: ImageDetections(dets[first].boxes, np.full(len(dets[first]), 0.1), dets[first].class_names)}
-    partial = agreement(quiet, dets)
-    total = sum(len(d) for d in dets.values())
-    assert sum(s["matched"] for s in partial.per_class.values()) == total - len(dets[first])
-    assert partial.mean_f1 < 1.0
-    json.dumps(partial.to_dict())
-
-
 def test_coco_ground_truth(tmp_path):
     data = {
         "images": [
@@ -286,6 +208,7 @@ def run_eval_cli(argv: list) -> int:
     return run_command(parser, argv)
 
 
+@pytest.mark.slow
 def test_eval_cli_on_kitti_with_yolox(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from leaneye.engine import write_engine

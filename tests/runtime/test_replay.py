@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import shared_fixtures_dir
+from helpers import constant_model, engine_manifest
 from ruamel.yaml import YAML
 
 from leaneye import bags, msgs
@@ -49,44 +50,11 @@ EMITTED = [
 
 
 def _builtin_engine(path: Path) -> Path:
-    from onnx import TensorProto, helper, numpy_helper
-
     rows = np.zeros((1, len(EMITTED), 4 + len(SCENE_CLASSES)), np.float32)
     for row, (box, class_index, score) in enumerate(EMITTED):
         rows[0, row, :4] = box
         rows[0, row, 4 + class_index] = score
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["emitted"], ["output"])],
-        "fixed_boxes",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, *INPUT_HW])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(rows.shape))],
-        initializer=[numpy_helper.from_array(rows, "emitted")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    write_engine(
-        path,
-        model.SerializeToString(),
-        {
-            "format_version": 1,
-            "backend": "onnxruntime",
-            "precision": "fp32",
-            "model": "model.onnx",
-            "input": {
-                "name": "images",
-                "shape": [1, 3, *INPUT_HW],
-                "layout": "NCHW",
-                "dtype": "float32",
-                "color": "bgr",
-                "scale": 1 / 255,
-                "mean": None,
-                "std": None,
-            },
-            "letterbox": {"align": "center", "pad_value": 114},
-            "decoder": {"type": "builtin"},
-            "class_names": list(SCENE_CLASSES),
-        },
-    )
+    write_engine(path, constant_model(rows, [1, 3, *INPUT_HW]), engine_manifest(INPUT_HW, SCENE_CLASSES))
     return path
 
 

@@ -46,6 +46,7 @@ def _clean_pair(seed: int, index: int):
     return pair
 
 
+@pytest.mark.slow
 def test_boxes_are_the_extent_of_the_pixels_each_object_changes():
     """Remove one actor and repaint: the pixels that change are exactly what it showed (occlusion included)."""
     checked = {"person": 0, "traffic light": 0, "car": 0}

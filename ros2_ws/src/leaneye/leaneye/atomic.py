@@ -29,13 +29,6 @@ def check_output_path(path: Path, force: bool, what: str = "output") -> None:
         raise LeanEyeError(f"{what} {path}: folder {probe} is not writable")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 @contextlib.contextmanager
 def atomic_path(path: Path | str, force: bool = True, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write into; on success it replaces `path`.
@@ -61,6 +54,17 @@ def atomic_path(path: Path | str, force: bool = True, is_dir: bool = False) -> I
             old = tmp_root / (path.name + ".old")
             os.replace(path, old)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is not None and str(tmp_root) not in str(exc.filename):
+            raise  # names its own file, an input
+        # A write through an open file (a full disk, a quota) names no file, or only the temporary one.
+        where = str(exc.filename).replace(str(tmp), str(path)) if exc.filename else path
+        raise LeanEyeError(f"{where}: cannot write ({exc.strerror or exc})") from None
+    except LeanEyeError as exc:
+        if str(tmp) not in str(exc):
+            raise
+        # Errors of nested writers name the temporary path; the user knows the output's name.
+        raise LeanEyeError(str(exc).replace(str(tmp), str(path))) from None
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
 

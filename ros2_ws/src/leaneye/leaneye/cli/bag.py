@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import decimal
 
-from ..errors import LeanEyeError
+from .options import add_force_option, add_frame_id_option, add_storage_option, frame_rate, int_in
 
 # The handlers import the bag modules themselves: `leaneye` must start without rosbags installed.
 
@@ -39,12 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="/camera/image_raw/compressed",
         help="image topic; the compressed images go on <base>/compressed, raw ones on <base> (default: %(default)s)",
     )
-    from_video.add_argument("--frame-id", default="camera", help="header frame_id (default: %(default)s)")
+    add_frame_id_option(from_video)
     from_video.add_argument("--raw", action="store_true", help="also write raw bgr8 images on the raw topic")
-    from_video.add_argument(
-        "--storage", choices=("mcap", "sqlite3"), help="storage of --out (default: the one its suffix names, else mcap)"
-    )
-    from_video.add_argument("--fps", type=float, help="frame rate to stamp with, overriding the video's")
+    add_storage_option(from_video)
+    from_video.add_argument("--fps", type=frame_rate("--fps"), help="frame rate to stamp with, overriding the video's")
     from_video.add_argument(
         "--start-time",
         type=_unix_time_ns,
@@ -52,8 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="Unix time of the first frame, e.g. the recording's start (1700000000.25; default 0, the epoch)",
     )
-    from_video.add_argument("--jpeg-quality", type=int, default=90, help="0-100 (default: %(default)s)")
-    from_video.add_argument("--force", action="store_true", help="replace --out if it exists")
+    from_video.add_argument(
+        "--jpeg-quality",
+        type=int_in("--jpeg-quality", "0-100", 0, 100),
+        default=90,
+        help="0-100 (default: %(default)s)",
+    )
+    add_force_option(from_video, "--out")
     from_video.set_defaults(func=_from_video)
 
 
@@ -79,8 +82,6 @@ def _from_video(args: argparse.Namespace) -> int:
     from ..bags import bag_info
     from ..video import image_topics, video_to_bag
 
-    if not 0 <= args.jpeg_quality <= 100:
-        raise LeanEyeError(f"--jpeg-quality: expected 0-100, got {args.jpeg_quality}")
     count = video_to_bag(
         args.video,
         args.out,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..bench import MIN_BENCH_RUNS, FrameCycle, measure_overhead
 from ..errors import LeanEyeError
-from .options import add_detection_options
+from .options import add_detection_options, add_engine_option, add_image_topic_option
 
 
 def run_bench_overhead(args) -> int:
@@ -59,19 +59,14 @@ def register(subparsers) -> None:
         description="Median per-frame time of preprocess + postprocess + glue around the "
         "inference call, the call itself, and image decoding (reported apart).",
     )
-    overhead.add_argument("--engine", required=True, type=Path, help="engine directory (model + manifest.json)")
+    add_engine_option(overhead)
     overhead.add_argument(
         "sources",
         nargs="+",
         type=Path,
         help="image files, directories of images and/or rosbag2 bags (folder, .mcap or .db3)",
     )
-    overhead.add_argument(
-        "--topic",
-        default="/camera/image_raw",
-        help="image topic of bags; an absent raw topic falls back to <topic>/compressed and back "
-        "(default: %(default)s)",
-    )
+    add_image_topic_option(overhead)
     overhead.add_argument("--frames", type=int, default=50, help="use at most this many distinct frames")
     overhead.add_argument("--runs", type=int, default=MIN_BENCH_RUNS, help="frames timed in total (cycling)")
     add_detection_options(overhead)

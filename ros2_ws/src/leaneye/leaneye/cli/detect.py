@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text, check_output_path
 from ..image_io import image_paths, read_image
-from .options import add_detection_options
+from .options import add_detection_options, add_engine_option, add_force_option, add_max_detections_option
 
 
 def coco_results(records: list) -> dict:
@@ -98,11 +98,11 @@ def register(subparsers) -> None:
         description="Run an engine on image files or directories of images; print a "
         "summary per image and optionally write COCO-style JSON results.",
     )
-    detect.add_argument("--engine", required=True, type=Path, help="engine directory (model + manifest.json)")
+    add_engine_option(detect)
     detect.add_argument("images", nargs="+", type=Path, help="image files and/or directories of images")
-    detect.add_argument("--coco-json", type=Path, help="write detections here (format: see `pydoc leaneye.detect_cli`)")
-    detect.add_argument("--force", action="store_true", help="replace an existing --coco-json file")
+    detect.add_argument("--coco-json", type=Path, help="write detections here (format: see `pydoc leaneye.cli.detect`)")
+    add_force_option(detect, "--coco-json file")
     add_detection_options(detect)
-    detect.add_argument("--max-detections", type=int, default=300, help="at most this many per image")
+    add_max_detections_option(detect)
     detect.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     detect.set_defaults(func=run_detect)

@@ -12,8 +12,15 @@ from pathlib import Path
 from ..atomic import atomic_write_text, check_output_path
 from ..errors import LeanEyeError
 from ..eval import EVAL_PROTOCOL, GroundTruth, ImageDetections, coco_ground_truth, evaluate, kitti_ground_truth
-
-# EVAL.md's detection settings for every protocol.
+from ..image_io import read_image
+from .options import (
+    add_bootstrap_option,
+    add_engine_option,
+    add_force_option,
+    add_json_option,
+    add_seed_option,
+    add_threads_option,
+)
 
 
 def register(subparsers) -> None:
@@ -23,22 +30,17 @@ def register(subparsers) -> None:
         description="Run an engine on labelled images and report COCO bbox mAP50-95, mAP50, "
         "AP50 per class and AP by object size, with 95 %% bootstrap intervals over images.",
     )
-    parser.add_argument("--engine", required=True, type=Path, help="engine directory (model + manifest.json)")
+    add_engine_option(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--kitti", type=Path, help="KITTI folder (image_2/, label_2/): car and person, moderate difficulty"
     )
     source.add_argument("--scenes", type=Path, help="generated dataset folder: annotations.json (COCO) and images/")
-    parser.add_argument(
-        "--bootstrap",
-        type=int,
-        default=EVAL_PROTOCOL.bootstrap,
-        help="bootstrap resamples of the images (0 = no intervals)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
-    parser.add_argument("--threads", type=int, default=0, help="inference threads (0 = the backend's default)")
-    parser.add_argument("--json", type=Path, help="also write the result as JSON here")
-    parser.add_argument("--force", action="store_true", help="replace an existing --json file")
+    add_bootstrap_option(parser)
+    add_seed_option(parser, "the bootstrap resampling")
+    add_threads_option(parser)
+    add_json_option(parser, "the result")
+    add_force_option(parser, "--json file")
     parser.set_defaults(func=run)
 
 
@@ -55,15 +57,9 @@ def load_ground_truth(args) -> tuple[GroundTruth, Path]:
 
 
 def detect_all(detector, ground_truth: GroundTruth, image_dir: Path) -> dict:
-    import cv2
-
     detections = {}
     for image in ground_truth.images:
-        path = image_dir / image.file_name
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise LeanEyeError(f"{path}: missing or not a readable image")
-        found = detector.detect(frame)
+        found = detector.detect(read_image(image_dir / image.file_name)[1])
         detections[image.image_id] = ImageDetections.from_class_ids(
             found.boxes, found.scores, found.class_ids, found.class_names
         )
@@ -73,8 +69,6 @@ def detect_all(detector, ground_truth: GroundTruth, image_dir: Path) -> dict:
 def run(args) -> int:
     from ..detector import Detector
 
-    if args.bootstrap < 0:
-        raise LeanEyeError(f"--bootstrap: expected 0 or more resamples, got {args.bootstrap}")
     if args.json is not None:
         check_output_path(args.json, args.force, "--json")
     ground_truth, image_dir = load_ground_truth(args)

@@ -16,7 +16,16 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_write_text, check_output_path
-from ..eval.protocol import EVAL_PROTOCOL
+from .options import (
+    add_bootstrap_option,
+    add_detection_options,
+    add_engine_option,
+    add_force_option,
+    add_image_topic_option,
+    add_json_option,
+    add_max_detections_option,
+    add_storage_option,
+)
 
 # The handler imports the replay itself: building the parser must not load onnxruntime or rosbags.
 
@@ -32,46 +41,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "keeps what --conf/--iou would publish (see `pydoc leaneye.replay`).",
     )
     p.add_argument("bag", type=Path, help="bag folder, or a single .mcap / .db3 file")
-    p.add_argument("--engine", required=True, type=Path, help="engine directory (model + manifest.json)")
-    p.add_argument(
-        "--topic",
-        default="/camera/image_raw",
-        help="image topic; an absent raw topic falls back to <topic>/compressed and back (default: %(default)s)",
-    )
+    add_engine_option(p)
+    add_image_topic_option(p)
     p.add_argument(
         "--out",
         type=Path,
         help="output bag (/leaneye/detections, /leaneye/label_info, /leaneye/latency): a folder, "
         "or a single .mcap / .db3 file",
     )
-    p.add_argument(
-        "--storage", choices=("mcap", "sqlite3"), help="storage of --out (default: the one its suffix names, else mcap)"
-    )
-    p.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    add_storage_option(p)
+    add_json_option(p, "the summary")
     p.add_argument(
         "--class-id",
         choices=("index", "name"),
         default="index",
         help="hypothesis.class_id: the class index as a string, or the class name (default: %(default)s)",
     )
-    p.add_argument(
-        "--conf", type=float, default=0.25, help="score threshold of the published detections (default: %(default)s)"
-    )
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default: %(default)s)")
-    p.add_argument("--max-detections", type=int, default=300, help="at most this many per frame (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="inference threads (0 = the backend's default)")
+    add_detection_options(p, conf_help="score threshold of the published detections")
+    add_max_detections_option(p)
     p.add_argument(
         "--no-eval",
         action="store_true",
         help="ignore the bag's ground truth: run at --conf/--iou only (deployment latency), no mAP",
     )
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=EVAL_PROTOCOL.bootstrap,
-        help="bootstrap resamples for the mAP intervals (default: %(default)s)",
-    )
-    p.add_argument("--force", action="store_true", help="replace existing --out and --json")
+    add_bootstrap_option(p)
+    add_force_option(p, "--out and --json")
     p.set_defaults(func=run)
 
 

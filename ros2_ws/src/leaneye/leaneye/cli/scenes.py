@@ -7,6 +7,9 @@ from pathlib import Path
 
 from ..atomic import check_output_path
 from ..errors import LeanEyeError
+from .options import add_force_option, add_frame_id_option, add_seed_option, frame_rate
+
+MAX_SCENE_SIDE = 8192  # a frame this size already takes 200 MB per rendered layer
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -14,8 +17,8 @@ def parse_size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise LeanEyeError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 1224x370") from None
-    if width <= 0 or height <= 0:
-        raise LeanEyeError(f"--size {text!r}: expected positive width and height")
+    if not (0 < width <= MAX_SCENE_SIDE and 0 < height <= MAX_SCENE_SIDE):
+        raise LeanEyeError(f"--size {text!r}: expected width and height from 1 to {MAX_SCENE_SIDE}")
     return width, height
 
 
@@ -28,12 +31,14 @@ def register(subparsers) -> None:
         "--out", type=Path, required=True, help="output folder (images/, annotations.json, bag/, stats.json)"
     )
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage (default mcap)")
-    p.add_argument("--seed", type=int, default=0, help="same seed and library versions -> byte-identical output")
+    add_seed_option(p, "the scenes: same seed and library versions, byte-identical output")
     p.add_argument("--size", default="1224x370", help="frame WIDTHxHEIGHT (default KITTI's 1224x370)")
-    p.add_argument("--rate", type=float, default=10.0, help="frame rate in Hz (stamps and motion; default 10)")
+    p.add_argument(
+        "--rate", type=frame_rate("--rate"), default=10.0, help="frame rate in Hz (stamps and motion; default 10)"
+    )
     p.add_argument("--compressed", action="store_true", help="also write jpeg CompressedImage on <topic>/compressed")
-    p.add_argument("--frame-id", default="camera", help="header frame_id (default camera)")
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    add_frame_id_option(p)
+    add_force_option(p, "output folder")
     p.set_defaults(func=run)
 
 
@@ -42,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.frames <= 0:
         raise LeanEyeError(f"--frames {args.frames}: expected a positive number of frames")
-    if args.rate <= 0:
-        raise LeanEyeError(f"--rate {args.rate}: expected a positive frame rate in Hz")
     size = parse_size(args.size)
     check_output_path(args.out, args.force, "--out")
     stats = generate_scene_dataset(

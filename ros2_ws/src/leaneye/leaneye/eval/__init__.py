@@ -6,7 +6,6 @@ pycocotools is imported only inside the functions that need it: a vehicle may ru
 from .coco import ALL_AREAS, SIZE_AREAS, SIZE_LABELS, EvalResult, evaluate
 from .compare import Agreement, PairedDifference, agreement, box_iou, paired_difference
 from .datasets import (
-    IMAGE_SUFFIXES,
     KITTI_IGNORED_FOR_ALL,
     KITTI_MAX_OCCLUSION,
     KITTI_MAX_TRUNCATION,
@@ -27,7 +26,6 @@ __all__ = [
     "Agreement",
     "EvalResult",
     "GroundTruth",
-    "IMAGE_SUFFIXES",
     "ImageDetections",
     "ImageTruth",
     "KITTI_IGNORED_FOR_ALL",

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LeanEyeError
-
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+from ..image_io import image_files, read_image
 
 # KITTI-2D car/person, "moderate" (EVAL.md).
 KITTI_SCORED = {"Car": "car", "Pedestrian": "person"}
@@ -19,6 +18,7 @@ KITTI_IGNORED_FOR_ALL = frozenset({"DontCare", "Van", "Truck", "Tram", "Misc", "
 KITTI_MIN_HEIGHT = 25.0
 KITTI_MAX_OCCLUSION = 1
 KITTI_MAX_TRUNCATION = 0.30
+COCO_LISTS = ("images", "annotations", "categories")
 
 
 def _boxes(values, what: str) -> np.ndarray:
@@ -85,17 +85,20 @@ class ImageDetections:
         return len(self.scores)
 
 
-def _image_files(folder: Path) -> dict:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-
-
 def _image_size(path: Path) -> tuple:
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise LeanEyeError(f"{path}: not a readable image")
+    image = read_image(path)[1]
     return int(image.shape[1]), int(image.shape[0])
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LeanEyeError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise LeanEyeError(f"{path}: not UTF-8 text (byte {exc.start}); expected a text file") from None
+    except OSError as exc:
+        raise LeanEyeError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def kitti_ground_truth(kitti_dir: Path | str) -> GroundTruth:
@@ -104,16 +107,14 @@ def kitti_ground_truth(kitti_dir: Path | str) -> GroundTruth:
     images_dir, labels_dir = root / "image_2", root / "label_2"
     if not images_dir.is_dir() or not labels_dir.is_dir():
         raise LeanEyeError(f"{root}: expected a KITTI folder with image_2/ and label_2/")
-    images = _image_files(images_dir)
-    if not images:
-        raise LeanEyeError(f"{images_dir}: no .jpeg/.jpg/.png images")
+    images = {path.stem: path for path in image_files(images_dir)}
     truth = []
     for image_id, (stem, image_path) in enumerate(images.items()):
         label_path = labels_dir / f"{stem}.txt"
         if not label_path.is_file():
             raise LeanEyeError(f"{label_path}: missing label file for {image_path.name}")
         boxes, names, ignore, ignore_all = [], [], [], []
-        for line_no, line in enumerate(label_path.read_text().splitlines(), 1):
+        for line_no, line in enumerate(_read_text(label_path).splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue
@@ -163,25 +164,29 @@ def coco_ground_truth(coco_json_path: Path | str) -> GroundTruth:
     Every category of the file is scored.
     """
     path = Path(coco_json_path)
+    expected = f"{path}: expected COCO JSON, an object with lists images, annotations and categories (id, name)"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(_read_text(path))
+    except ValueError as exc:
+        raise LeanEyeError(f"{expected}; not JSON at line {getattr(exc, 'lineno', '?')}") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(key), list) for key in COCO_LISTS):
+        raise LeanEyeError(expected)
+    image_entries, annotations = data["images"], data["annotations"]
+    try:
         categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
-        image_entries = data["images"]
-        annotations = data["annotations"]
-    except FileNotFoundError:
-        raise LeanEyeError(f"{path}: file not found") from None
-    except (ValueError, KeyError, TypeError):
-        raise LeanEyeError(f"{path}: expected COCO JSON with images, annotations and categories (id, name)") from None
+    except (KeyError, ValueError, TypeError):
+        raise LeanEyeError(expected) from None
     by_image: dict = {}
-    for ann in annotations:
+    for number, ann in enumerate(annotations, 1):
         try:
             x, y, w, h = (float(v) for v in ann["bbox"])
             name = categories[int(ann["category_id"])]
             ignored = bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0))
             by_image.setdefault(int(ann["image_id"]), []).append(([x, y, x + w, y + h], name, ignored))
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, AttributeError):
+            which = ann.get("id", f"#{number}") if isinstance(ann, dict) else f"#{number}"
             raise LeanEyeError(
-                f"{path}: annotation {ann.get('id', '?')}: expected image_id, known category_id and bbox [x, y, w, h]"
+                f"{path}: annotation {which}: expected an object with image_id, known category_id and bbox [x, y, w, h]"
             ) from None
     truth = []
     for entry in image_entries:
@@ -199,7 +204,7 @@ def coco_ground_truth(coco_json_path: Path | str) -> GroundTruth:
                     np.array([a[2] for a in anns], dtype=bool),
                 )
             )
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError):  # TypeError: an entry that is not an object
             raise LeanEyeError(f"{path}: image entry {entry!r:.80}: expected id, file_name, width, height") from None
     if by_image:
         raise LeanEyeError(f"{path}: annotations refer to unknown image ids {sorted(by_image)[:5]}")

@@ -19,6 +19,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 from ..errors import LeanEyeError
+from ..image_io import decode_image
 from ..latency import FrameLatency
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -200,13 +201,7 @@ def compressed_image_msg(
 def image_from_compressed_msg(msg: Any) -> np.ndarray:
     """BGR uint8 (H, W, 3) pixels of a sensor_msgs/msg/CompressedImage (jpeg or png)."""
     data = _uint8_data(msg.data)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise LeanEyeError(
-            f"sensor_msgs/CompressedImage.data: {data.size} bytes that do not decode as an image "
-            f"(format '{msg.format}')"
-        )
-    return image
+    return decode_image(data, f"sensor_msgs/CompressedImage.data ({data.size} bytes, format '{msg.format}')")
 
 
 def image_from_any_msg(msg: Any) -> np.ndarray:

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from ..atomic import atomic_path
+from ..errors import LeanEyeError
 from .classes import COCO_IDS, SCENE_CLASSES
 from .render import MIN_LABEL_HEIGHT_PX, SceneFrame
 
@@ -184,8 +185,7 @@ def write_scene_dataset(
             bag.add_topic(LABEL_INFO_TOPIC, msgs.LABEL_INFO)
             for frame in frames:
                 name = f"{frame.index:06d}.png"
-                if not cv2.imwrite(str(tmp / "images" / name), frame.image, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-                    raise OSError(f"{tmp / 'images' / name}: could not write the image")
+                _write_png(tmp / "images" / name, frame.image)
                 height, width = frame.image.shape[:2]
                 images.append(
                     {"id": frame.index, "file_name": name, "width": width, "height": height, "stamp_ns": frame.stamp_ns}
@@ -215,6 +215,16 @@ def write_scene_dataset(
         (tmp / "annotations.json").write_text(json.dumps(coco))
         (tmp / "stats.json").write_text(json.dumps(stats.summary(), indent=2))
     return stats
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    ok, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise LeanEyeError(f"{path}: OpenCV could not encode the frame as PNG")
+    try:
+        path.write_bytes(png.tobytes())
+    except OSError as exc:  # a write error names no file; a full disk is the usual cause
+        raise LeanEyeError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def generate_scene_dataset(
