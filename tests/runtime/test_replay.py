@@ -259,7 +259,7 @@ def test_replay_writes_one_message_per_frame_with_the_image_header(tmp_path, cap
     assert set(report["latency"]["stages_ms"]["total"]) >= {"p50", "p90", "p99", "max"}
     evaluation = report["evaluation"]
     assert evaluation["images"] == FRAMES and set(evaluation["AP_by_size"]) == {"small", "medium", "large"}
-    assert len(evaluation["mAP50_interval95"]) == 2 and report["settings"]["engine_run"]["conf"] == 0.001
+    assert len(evaluation["mAP50_interval95"]) == 2 and report["settings"]["scored"]["conf"] == 0.001
 
 
 def test_published_detections_match_a_run_at_deployment_settings(tmp_path, scenes, engine):
