@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from conftest import shared_fixtures_dir
 from ruamel.yaml import YAML
+from tiny_engines import builtin_rows, write_builtin_engine
 
 from leaneye import bags, msgs
 from leaneye.cli import main as leaneye_main
@@ -35,7 +36,6 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
 
 FRAMES = 5
-INPUT_HW = (96, 320)
 # Fixed output of the built engine, in network pixels: (box, class index, score). The second box
 # overlaps the first with IoU 0.82, the third with IoU 0.6: NMS at 0.45 drops both, at EVAL.md's
 # 0.65 only the second. The last scores below the default --conf but above EVAL.md's 0.001.
@@ -49,45 +49,7 @@ EMITTED = [
 
 
 def _builtin_engine(path: Path) -> Path:
-    from onnx import TensorProto, helper, numpy_helper
-
-    rows = np.zeros((1, len(EMITTED), 4 + len(SCENE_CLASSES)), np.float32)
-    for row, (box, class_index, score) in enumerate(EMITTED):
-        rows[0, row, :4] = box
-        rows[0, row, 4 + class_index] = score
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["emitted"], ["output"])],
-        "fixed_boxes",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, *INPUT_HW])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(rows.shape))],
-        initializer=[numpy_helper.from_array(rows, "emitted")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    write_engine(
-        path,
-        model.SerializeToString(),
-        {
-            "format_version": 1,
-            "backend": "onnxruntime",
-            "precision": "fp32",
-            "model": "model.onnx",
-            "input": {
-                "name": "images",
-                "shape": [1, 3, *INPUT_HW],
-                "layout": "NCHW",
-                "dtype": "float32",
-                "color": "bgr",
-                "scale": 1 / 255,
-                "mean": None,
-                "std": None,
-            },
-            "letterbox": {"align": "center", "pad_value": 114},
-            "decoder": {"type": "builtin"},
-            "class_names": list(SCENE_CLASSES),
-        },
-    )
-    return path
+    return write_builtin_engine(path, builtin_rows(EMITTED))
 
 
 def _yolox_engine(path: Path) -> Path:
@@ -543,3 +505,29 @@ def test_ctrl_c_during_replay_leaves_nothing_behind(tmp_path, engine):
     done = int(re.findall(rb"(\d+)/%d" % frames, progress)[-1])
     assert 0 < done < frames
     assert sorted(path.name for path in tmp_path.iterdir()) == ["long"]  # no output, no temporary left
+
+
+@pytest.fixture(scope="module")
+def yolox_engine(tmp_path_factory) -> Path:
+    return _yolox_engine(tmp_path_factory.mktemp("yolox") / "engine")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_detections", [5, 100, 300])
+@pytest.mark.parametrize("iou", [0.3, 0.45, 0.65, 0.9])
+def test_scoring_publishes_what_a_no_eval_run_publishes(tmp_path, scenes, yolox_engine, iou, max_detections):
+    """Regression: above EVAL.md's NMS IoU 0.65 or 100 per frame, scoring used to publish fewer detections."""
+    source = scenes("mcap") / "bag"
+    settings = ["--conf", "0.02", "--iou", str(iou), "--max-detections", str(max_detections), "--bootstrap", "0"]
+    published = {}
+    for run, extra in (("scored", []), ("plain", ["--no-eval"])):
+        out = tmp_path / run
+        argv = ["replay", str(source), "--engine", str(yolox_engine), "--out", str(out), *settings, *extra]
+        assert leaneye_main(argv + ["--json", str(tmp_path / f"{run}.json")]) == 0
+        published[run] = [_boxes(msg) for _, msg in _read_mcap(out)[DETECTIONS_TOPIC]]
+    assert published["scored"] == published["plain"]
+    counts = [len(frame) for frame in published["plain"]]
+    assert len(counts) == FRAMES and max(counts) <= max_detections and sum(counts) > 0
+    if max_detections == 5:
+        assert max(counts) == 5  # the cap is reached, so it is what is compared
+    assert json.loads((tmp_path / "scored.json").read_text())["evaluation"] is not None
