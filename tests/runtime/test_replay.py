@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import shared_fixtures_dir
 from ruamel.yaml import YAML
-from tiny_engines import builtin_rows, write_builtin_engine
+from tiny_engines import builtin_rows, nan_on_lit_frames_nodes, write_builtin_engine
 
 from leaneye import bags, msgs
 from leaneye.cli import main as leaneye_main
@@ -531,3 +531,18 @@ def test_scoring_publishes_what_a_no_eval_run_publishes(tmp_path, scenes, yolox_
     if max_detections == 5:
         assert max(counts) == 5  # the cap is reached, so it is what is compared
     assert json.loads((tmp_path / "scored.json").read_text())["evaluation"] is not None
+
+
+def test_nan_boxes_fail_naming_engine_and_frame_and_leave_nothing(tmp_path, capsys, scenes):
+    rows = builtin_rows(EMITTED)
+    poisoned = write_builtin_engine(tmp_path / "poisoned", rows, *nan_on_lit_frames_nodes(rows))
+    source = scenes("mcap") / "bag"
+    first_stamp = msgs.stamp_to_ns(next(iter(_read_mcap(source)[IMAGE_TOPIC]))[1].header.stamp)
+    out = tmp_path / "out"
+    _assert_fails_cleanly(
+        ["replay", str(source), "--engine", str(poisoned), "--out", str(out)],
+        capsys,
+        out,
+        f"leaneye: error: {poisoned}: on {source} {IMAGE_TOPIC} message 0 (stamp {first_stamp} ns): ",
+        "NaN or infinite boxes or scores",
+    )

@@ -26,7 +26,9 @@ protocol (COCO mAP, bootstrap interval, AP by object size), matching truth to fr
 stamp. The protocol's detection settings (`leaneye.eval.protocol.EVAL_PROTOCOL`) differ from a
 deployment's, so each frame's backend outputs are postprocessed twice, without a second inference:
 at the deployment settings for what is published (and timed), then at the protocol's for scoring.
-The output bag and the latency are therefore the same as with `evaluate=False`, which scores nothing.
+The output bag is therefore the same as with `evaluate=False` (which scores nothing), and the
+latency times the same work. NaN or infinite boxes or scores from the model stop the replay with an
+error naming the engine and the frame (message index and stamp).
 
 Nothing here imports ROS: the per-frame work is `leaneye.pipeline.FrameProcessor`, as in a node.
 """
