@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from leaneye.scenes.classes import SCENE_CLASSES
 
 # Test frames and the objects the constant models below are made to emit (engine tests, both halves).
 CLASSES = ["car", "person", "bicycle"]
@@ -84,16 +87,20 @@ def jittered(gt, pixels: float, seed: int = 1) -> dict:
 # --- engines ------------------------------------------------------------------------------------
 
 
-def constant_model(output: np.ndarray, input_shape, input_name="images", metadata=None) -> bytes:
-    """An ONNX model that ignores its image input and always emits `output` (as output0)."""
+def constant_model(
+    output: np.ndarray, input_shape, input_name="images", metadata=None, nodes=None, initializers=()
+) -> bytes:
+    """An ONNX model that always emits `output` (as output0), ignoring its image input; or, with
+    `nodes`, computes output0 from "emitted" (= `output`), the input and `initializers` (name, array)."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["emitted"], ["output0"])],
+        nodes or [helper.make_node("Identity", ["emitted"], ["output0"])],
         "constant_detector",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(input_shape))],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))],
-        initializer=[numpy_helper.from_array(output.astype(np.float32), "emitted")],
+        initializer=[numpy_helper.from_array(output.astype(np.float32), "emitted")]
+        + [numpy_helper.from_array(value, name) for name, value in initializers],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # loadable by the oldest ONNX Runtime the vehicle side supports
@@ -153,3 +160,46 @@ def end2end_output(input_size):
     rows = np.concatenate([boxes, OBJECT_SCORES[:, None], OBJECT_CLASSES[:, None]], axis=1)
     padding = np.zeros((5, 6), np.float32)  # end2end exports pad to a fixed K with zero scores
     return np.concatenate([rows, padding])[None]
+
+
+# --- builtin-decoder engines over the scene classes (replay, pipeline) ----------------------------
+
+BUILTIN_INPUT_HW = (96, 320)
+
+
+def builtin_rows(emitted: list, num_classes: int = len(SCENE_CLASSES)) -> np.ndarray:
+    """(1, N, 4 + classes) rows from (box xyxy in network pixels, class index, score) triples."""
+    rows = np.zeros((1, len(emitted), 4 + num_classes), np.float32)
+    for row, (box, class_index, score) in enumerate(emitted):
+        rows[0, row, :4] = box
+        rows[0, row, 4 + class_index] = score
+    return rows
+
+
+def write_builtin_engine(path: Path, rows: np.ndarray, nodes: list | None = None, initializers: list = ()) -> Path:
+    """A builtin-decoder engine over the scene classes whose model gives `rows`, or what `nodes`
+    compute from them (see `constant_model`)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")  # to run it
+    from leaneye.engine import write_engine
+
+    model = constant_model(rows, [1, 3, *BUILTIN_INPUT_HW], nodes=nodes, initializers=initializers)
+    write_engine(path, model, engine_manifest(BUILTIN_INPUT_HW, SCENE_CLASSES))
+    return path
+
+
+def nan_on_lit_frames_nodes(rows: np.ndarray) -> tuple[list, list]:
+    """Nodes (and initializers) that give `rows` on a blank input but NaN boxes (finite scores) on
+    any frame with a lit pixel: sqrt(-max(input)) is 0 for the blank check run, NaN otherwise."""
+    from onnx import helper
+
+    box_columns = np.zeros(rows.shape, dtype=bool)
+    box_columns[..., :4] = True
+    nodes = [
+        helper.make_node("ReduceMax", ["images"], ["peak"], keepdims=0),
+        helper.make_node("Neg", ["peak"], ["minus_peak"]),
+        helper.make_node("Sqrt", ["minus_peak"], ["nan_if_lit"]),
+        helper.make_node("Add", ["emitted", "nan_if_lit"], ["poisoned"]),
+        helper.make_node("Where", ["box_columns", "poisoned", "emitted"], ["output0"]),
+    ]
+    return nodes, [("box_columns", box_columns)]

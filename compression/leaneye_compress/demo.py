@@ -217,7 +217,7 @@ def report_markdown(report: dict) -> str:
     ]
     evaluation = replay["evaluation"]
     if evaluation is not None:
-        run = replay["settings"]["engine_run"]
+        run = replay["settings"]["scored"]
         lines += [
             f"Accuracy (shared/EVAL.md, generated scenes: score >= {run['conf']}, NMS IoU {run['iou']}, at most "
             f"{run['max_detections']} per frame; {evaluation['images']} frames, {evaluation['objects']} objects, "

@@ -1,6 +1,6 @@
 """Score a PyTorch LeanDet on generated scenes by the protocol of `shared/EVAL.md`.
 
-Post-processing is the runtime's own (`leaneye.detector.Detector.postprocess` with the model's
+Post-processing is the runtime's own (`leaneye.vision.postprocess.Postprocessor` with the model's
 manifest), so what is measured here is what an exported engine will do on the vehicle.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from leaneye.detector import Detector
 from leaneye.eval import EVAL_PROTOCOL, EvalResult, ImageDetections, evaluate
 from leaneye.scenes.dataset import scene_ground_truth
+from leaneye.vision.postprocess import DetectionSettings, Postprocessor
 
 from .data import SceneSet
 from .models.detector import LeanDet
@@ -19,10 +19,8 @@ from .stages.export import builtin_manifest
 
 @torch.no_grad()
 def predict(model: LeanDet, scene_set: SceneSet, class_names, batch_size: int = 16) -> dict[int, ImageDetections]:
-    postprocessor = Detector(
-        builtin_manifest(model, class_names),
-        backend=None,
-        **EVAL_PROTOCOL.detector_settings(),
+    postprocessor = Postprocessor(
+        builtin_manifest(model, class_names), DetectionSettings(**EVAL_PROTOCOL.detector_settings())
     )
     transform = scene_set.transform
     was_training = model.training
@@ -35,7 +33,7 @@ def predict(model: LeanDet, scene_set: SceneSet, class_names, batch_size: int = 
             outputs = model(batch).numpy()
             for k, out in enumerate(outputs):
                 frame = scene_set.frames[start + k]
-                boxes, scores, class_ids = postprocessor.postprocess([out[None]], transform, frame.image.shape[:2])
+                boxes, scores, class_ids = postprocessor.run([out[None]], transform, frame.image.shape[:2])
                 detections[start + k] = ImageDetections.from_class_ids(boxes, scores, class_ids, class_names)
     finally:
         model.export_decoded = False

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import shared_fixtures_dir
-from helpers import constant_model, engine_manifest
+from helpers import builtin_rows, nan_on_lit_frames_nodes, write_builtin_engine
 from ruamel.yaml import YAML
 
 from leaneye import bags, msgs
@@ -36,7 +36,6 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
 
 FRAMES = 5
-INPUT_HW = (96, 320)
 # Fixed output of the built engine, in network pixels: (box, class index, score). The second box
 # overlaps the first with IoU 0.82, the third with IoU 0.6: NMS at 0.45 drops both, at EVAL.md's
 # 0.65 only the second. The last scores below the default --conf but above EVAL.md's 0.001.
@@ -50,12 +49,7 @@ EMITTED = [
 
 
 def _builtin_engine(path: Path) -> Path:
-    rows = np.zeros((1, len(EMITTED), 4 + len(SCENE_CLASSES)), np.float32)
-    for row, (box, class_index, score) in enumerate(EMITTED):
-        rows[0, row, :4] = box
-        rows[0, row, 4 + class_index] = score
-    write_engine(path, constant_model(rows, [1, 3, *INPUT_HW]), engine_manifest(INPUT_HW, SCENE_CLASSES))
-    return path
+    return write_builtin_engine(path, builtin_rows(EMITTED))
 
 
 def _yolox_engine(path: Path) -> Path:
@@ -227,7 +221,7 @@ def test_replay_writes_one_message_per_frame_with_the_image_header(tmp_path, cap
     assert set(report["latency"]["stages_ms"]["total"]) >= {"p50", "p90", "p99", "max"}
     evaluation = report["evaluation"]
     assert evaluation["images"] == FRAMES and set(evaluation["AP_by_size"]) == {"small", "medium", "large"}
-    assert len(evaluation["mAP50_interval95"]) == 2 and report["settings"]["engine_run"]["conf"] == 0.001
+    assert len(evaluation["mAP50_interval95"]) == 2 and report["settings"]["scored"]["conf"] == 0.001
 
 
 def test_published_detections_match_a_run_at_deployment_settings(tmp_path, scenes, engine):
@@ -511,3 +505,44 @@ def test_ctrl_c_during_replay_leaves_nothing_behind(tmp_path, engine):
     done = int(re.findall(rb"(\d+)/%d" % frames, progress)[-1])
     assert 0 < done < frames
     assert sorted(path.name for path in tmp_path.iterdir()) == ["long"]  # no output, no temporary left
+
+
+@pytest.fixture(scope="module")
+def yolox_engine(tmp_path_factory) -> Path:
+    return _yolox_engine(tmp_path_factory.mktemp("yolox") / "engine")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_detections", [5, 100, 300])
+@pytest.mark.parametrize("iou", [0.3, 0.45, 0.65, 0.9])
+def test_scoring_publishes_what_a_no_eval_run_publishes(tmp_path, scenes, yolox_engine, iou, max_detections):
+    """Regression: above EVAL.md's NMS IoU 0.65 or 100 per frame, scoring used to publish fewer detections."""
+    source = scenes("mcap") / "bag"
+    settings = ["--conf", "0.02", "--iou", str(iou), "--max-detections", str(max_detections), "--bootstrap", "0"]
+    published = {}
+    for run, extra in (("scored", []), ("plain", ["--no-eval"])):
+        out = tmp_path / run
+        argv = ["replay", str(source), "--engine", str(yolox_engine), "--out", str(out), *settings, *extra]
+        assert leaneye_main(argv + ["--json", str(tmp_path / f"{run}.json")]) == 0
+        published[run] = [_boxes(msg) for _, msg in _read_mcap(out)[DETECTIONS_TOPIC]]
+    assert published["scored"] == published["plain"]
+    counts = [len(frame) for frame in published["plain"]]
+    assert len(counts) == FRAMES and max(counts) <= max_detections and sum(counts) > 0
+    if max_detections == 5:
+        assert max(counts) == 5  # the cap is reached, so it is what is compared
+    assert json.loads((tmp_path / "scored.json").read_text())["evaluation"] is not None
+
+
+def test_nan_boxes_fail_naming_engine_and_frame_and_leave_nothing(tmp_path, capsys, scenes):
+    rows = builtin_rows(EMITTED)
+    poisoned = write_builtin_engine(tmp_path / "poisoned", rows, *nan_on_lit_frames_nodes(rows))
+    source = scenes("mcap") / "bag"
+    first_stamp = msgs.stamp_to_ns(next(iter(_read_mcap(source)[IMAGE_TOPIC]))[1].header.stamp)
+    out = tmp_path / "out"
+    _assert_fails_cleanly(
+        ["replay", str(source), "--engine", str(poisoned), "--out", str(out)],
+        capsys,
+        out,
+        f"leaneye: error: {poisoned}: on {source} {IMAGE_TOPIC} message 0 (stamp {first_stamp} ns): ",
+        "NaN or infinite boxes or scores",
+    )

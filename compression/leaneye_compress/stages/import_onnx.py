@@ -186,16 +186,20 @@ def _check_decodes(model_path: Path, manifest: dict) -> None:
     """
     from leaneye.backends import BackendOptions
     from leaneye.backends.onnxruntime import OnnxRuntimeBackend
-    from leaneye.detector import Detector
+    from leaneye.detector import Detector, NonFiniteOutputs, OutputsDoNotFit
 
     checked = parse_manifest({**manifest, "model_sha256": file_sha256(model_path)}, str(model_path))
     backend = OnnxRuntimeBackend(model_path, checked.input.name, checked.input.shape, BackendOptions(threads=1))
-    detector = Detector(
-        checked,
-        backend,
-        where=f"{model_path.name}: --decoder {checked.decoder} and its {len(checked.class_names)} class names",
-    )
-    detector.activate()
+    detector = Detector(checked, backend)
+    try:
+        detector.activate()
+    except OutputsDoNotFit as exc:
+        raise LeanEyeError(
+            f"{model_path.name}: --decoder {checked.decoder} and its {len(checked.class_names)} class names "
+            f"do not fit the model's outputs: {exc.detail}"
+        ) from None
+    except NonFiniteOutputs as exc:
+        raise LeanEyeError(f"{model_path.name}: {exc}") from None
     detector.deactivate()
 
 

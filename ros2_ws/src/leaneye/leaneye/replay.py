@@ -23,25 +23,23 @@ Ground truth: a bag from `leaneye scenes` also carries /ground_truth/detections 
 /ground_truth/ignore_regions (Detection2DArray, class_id = index into /ground_truth/label_info,
 stamped like the images). Replay then scores the frames by shared/EVAL.md's generated-scenes
 protocol (COCO mAP, bootstrap interval, AP by object size), matching truth to frames by header
-stamp. The protocol's detection settings (score >= 0.001, NMS IoU 0.65, at most 100 per frame)
-differ from a deployment's, so the engine runs once per frame at the protocol's settings and the
-published detections are derived from that run: those scoring at least `conf`, suppressed again
-at the deployment's NMS IoU. Thresholding commutes with greedy NMS, so the result equals a run at
-the deployment settings except in rare chains of overlapping boxes (and except for the cap of 100
-detections per frame); the latency figures are those of the protocol's run, whose postprocess
-handles more candidates. `evaluate=False` runs at the deployment settings and scores nothing.
+stamp. The protocol's detection settings (`leaneye.eval.protocol.EVAL_PROTOCOL`) differ from a
+deployment's, so each frame's backend outputs are postprocessed twice, without a second inference:
+at the deployment settings for what is published (and timed), then at the protocol's for scoring.
+The output bag is therefore the same as with `evaluate=False` (which scores nothing), and the
+latency times the same work. NaN or infinite boxes or scores from the model stop the replay with an
+error naming the engine and the frame (message index and stamp).
 
-Nothing here imports ROS: a ROS 2 node uses FrameProcessor for its per-frame work.
+Nothing here imports ROS: the per-frame work is `leaneye.pipeline.FrameProcessor`, as in a node.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +49,16 @@ from . import msgs
 from .atomic import check_output_path
 from .errors import LeanEyeError
 from .eval.protocol import EVAL_PROTOCOL
-from .latency import FrameLatency, LatencySummary
+from .latency import LatencySummary
+from .pipeline import FrameProcessor, check_class_id
 from .scenes.dataset import GROUND_TRUTH_TOPIC, IGNORE_TOPIC
 from .scenes.dataset import LABEL_INFO_TOPIC as TRUTH_LABEL_INFO_TOPIC
+from .vision.postprocess import DetectionSettings, NonFiniteOutputs, Postprocessor
 
 DEFAULT_TOPIC = "/camera/image_raw"
 DETECTIONS_TOPIC = "/leaneye/detections"
 LABEL_INFO_TOPIC = "/leaneye/label_info"
 LATENCY_TOPIC = "/leaneye/latency"
-CLASS_ID_MODES = ("index", "name")
 _BAD_FRAMES_LISTED = 5
 
 
@@ -72,107 +71,17 @@ class ReplayOptions:
     class_id: str = "index"  # hypothesis.class_id: "index" (as a string) or "name"
     threads: int = 0  # inference threads, 0 = the backend's default
     evaluate: bool = True  # score against the bag's ground truth when it carries some
-    bootstrap: int = 1000  # resamples of the frames for the mAP intervals
+    bootstrap: int = EVAL_PROTOCOL.bootstrap  # resamples of the frames for the mAP intervals
     seed: int = 0  # of the bootstrap
 
-    def check(self) -> None:
-        if self.class_id not in CLASS_ID_MODES:
-            raise LeanEyeError(f"class_id: expected one of {', '.join(CLASS_ID_MODES)}, got '{self.class_id}'")
-        if not 0.0 <= self.conf <= 1.0:
-            raise LeanEyeError(f"conf: expected a score threshold in [0, 1], got {self.conf}")
-        if not 0.0 <= self.iou <= 1.0:
-            raise LeanEyeError(f"iou: expected an NMS IoU threshold in [0, 1], got {self.iou}")
-        if self.max_detections < 1:
-            raise LeanEyeError(f"max_detections: expected a positive number, got {self.max_detections}")
+    detection_settings: DetectionSettings = field(init=False, repr=False)  # conf, iou, max_detections
+
+    def __post_init__(self) -> None:
+        # Set once (the class is frozen); DetectionSettings checks them as the detector does.
+        object.__setattr__(self, "detection_settings", DetectionSettings(self.conf, self.iou, self.max_detections))
+        check_class_id(self.class_id)
         if self.bootstrap < 0:
             raise LeanEyeError(f"bootstrap: expected 0 or more resamples, got {self.bootstrap}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Per frame
-
-
-@dataclass(frozen=True)
-class DeploymentFilter:
-    """Deployment settings applied to detections found at the (looser) evaluation settings."""
-
-    conf: float
-    iou: float
-    max_detections: int
-
-    def apply(self, found, suppress: bool):
-        """The detections a run at these settings would give; `suppress`: the decoder's output needs NMS."""
-        keep = np.flatnonzero(found.scores >= self.conf)  # scores are sorted: so is keep
-        if suppress and self.iou < EVAL_PROTOCOL.nms_iou and len(keep) > 1:
-            from .vision.nms import nms
-
-            keep = keep[
-                nms(
-                    found.boxes[keep],
-                    found.scores[keep],
-                    found.class_ids[keep],
-                    self.iou,
-                    max_detections=self.max_detections,
-                )
-            ]
-        else:
-            keep = keep[: self.max_detections]
-        return dataclasses.replace(
-            found, boxes=found.boxes[keep], scores=found.scores[keep], class_ids=found.class_ids[keep]
-        )
-
-
-@dataclass(frozen=True)
-class ProcessedFrame:
-    found: Any  # leaneye.detector.Detections from the engine run (evaluation settings when scoring)
-    published: Any  # the Detections in `message`: at the deployment settings
-    message: Any  # vision_msgs/msg/Detection2DArray with the image's header
-    latency: FrameLatency
-
-
-class FrameProcessor:
-    """One decoded frame in, its Detection2DArray and FrameLatency out.
-
-    `deployment` is set when `detector` runs at evaluation settings: the message then holds only
-    what the deployment settings would publish (see the module docstring).
-    """
-
-    def __init__(self, detector, class_id: str = "index", deployment: DeploymentFilter | None = None):
-        if class_id not in CLASS_ID_MODES:
-            raise LeanEyeError(f"class_id: expected one of {', '.join(CLASS_ID_MODES)}, got '{class_id}'")
-        self.detector = detector
-        self.class_id = class_id
-        self.deployment = deployment
-
-    def label_info(self, header: Any) -> Any:
-        threshold = self.deployment.conf if self.deployment is not None else self.detector.decode_params.score_threshold
-        return msgs.label_info_msg(header, self.detector.class_names, threshold=threshold)
-
-    def class_id_strings(self, detections) -> list[str]:
-        if self.class_id == "name":
-            return list(detections.names)
-        return [str(int(index)) for index in detections.class_ids]
-
-    def process(self, image: np.ndarray, header: Any, decode_ms: float = 0.0) -> ProcessedFrame:
-        """Detect in a BGR frame; `decode_ms` is what turning the message into pixels took."""
-        started = time.perf_counter()
-        found = self.detector.detect(image)
-        filtered = time.perf_counter()
-        published = found
-        if self.deployment is not None:
-            published = self.deployment.apply(found, self.detector.decoder.runs_nms)
-        postprocess_ms = found.timings["postprocess"] + (time.perf_counter() - filtered) * 1e3
-        message = msgs.detection_array_msg(header, published.boxes, published.scores, self.class_id_strings(published))
-        total_ms = decode_ms + (time.perf_counter() - started) * 1e3
-        latency = FrameLatency(
-            decode_ms=decode_ms,
-            preprocess_ms=found.timings["preprocess"],
-            inference_ms=found.timings["inference"],
-            postprocess_ms=postprocess_ms,
-            total_ms=total_ms,
-            num_detections=len(published),
-        )
-        return ProcessedFrame(found, published, message, latency)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +154,7 @@ class ReplayReport:
     bad_frames: list  # of leaneye.bags.FrameError, skipped
     detections: int  # published in total
     latency: LatencySummary
-    settings: dict  # what the engine ran at and what was published
+    settings: dict  # what was published, and what was scored
     evaluation: Any = None  # leaneye.evaluation.EvalResult when the bag carries ground truth
     frames_without_truth: int = 0
 
@@ -285,10 +194,10 @@ class ReplayReport:
         )
         lines.append(self.latency.format_table())
         if self.evaluation is not None:
-            engine_run = self.settings["engine_run"]
+            scored = self.settings["scored"]
             lines.append(
                 f"accuracy on the bag's ground truth (shared/EVAL.md generated scenes: score >= "
-                f"{engine_run['conf']}, NMS IoU {engine_run['iou']}, at most {engine_run['max_detections']} per frame)"
+                f"{scored['conf']}, NMS IoU {scored['iou']}, at most {scored['max_detections']} per frame)"
                 + (
                     f"; {self.frames_without_truth} frames without truth not scored"
                     if self.frames_without_truth
@@ -346,7 +255,6 @@ def replay_bag(
     from .bags import FrameError, find_image_topic, iter_images, open_bag_reader, open_bag_writer, output_storage
     from .detector import Detector
 
-    options.check()
     if out is not None:
         out = Path(out)
         storage = output_storage(out, storage)
@@ -363,13 +271,21 @@ def replay_bag(
         except LeanEyeError as exc:
             raise LeanEyeError(f"{bag}: {exc}") from None
         truth = read_ground_truth(reader) if options.evaluate else None
-        deployment = DeploymentFilter(options.conf, options.iou, options.max_detections)
+        published = options.detection_settings
+        detector = stack.enter_context(
+            Detector.from_engine(
+                engine_dir,
+                conf=published.conf,
+                iou=published.iou,
+                max_detections=published.max_detections,
+                threads=options.threads,
+            )
+        )
+        scoring = None
         if truth is not None:
-            engine_run = EVAL_PROTOCOL.detector_settings()
-        else:
-            engine_run = {"conf": options.conf, "iou": options.iou, "max_detections": options.max_detections}
-        detector = stack.enter_context(Detector.from_engine(engine_dir, threads=options.threads, **engine_run))
-        processor = FrameProcessor(detector, options.class_id, deployment if truth is not None else None)
+            scoring = Postprocessor(detector.manifest, DetectionSettings(**EVAL_PROTOCOL.detector_settings()))
+        types = msgs.bag_types()
+        processor = FrameProcessor(detector, types, options.class_id, scoring)
         writer = stack.enter_context(open_bag_writer(out, storage=storage, force=force)) if out is not None else None
         if writer is not None:
             for name, msgtype in (
@@ -384,22 +300,27 @@ def replay_bag(
             tqdm(total=reader.counts[topic], desc="replay", unit="frame", file=sys.stderr, disable=not progress)
         )
         started = time.perf_counter()
-        for item in iter_images(reader, topic):
+        for index, item in enumerate(iter_images(reader, topic)):
             bar.update(1)
             if isinstance(item, FrameError):
                 bad_frames.append(item)
                 bar.set_postfix(bad=len(bad_frames))
                 continue
-            frame = processor.process(item.image, item.header, item.decode_ms)
+            try:
+                frame = processor.process(item.image, item.header, item.decode_ms)
+            except NonFiniteOutputs as exc:
+                raise LeanEyeError(
+                    f"{engine_dir}: on {bag} {topic} message {index} (stamp {item.stamp_ns} ns): {exc}"
+                ) from None
             if writer is not None:
                 if not timings:
                     writer.write(LABEL_INFO_TOPIC, item.log_time_ns, processor.label_info(item.header))
                 writer.write(DETECTIONS_TOPIC, item.log_time_ns, frame.message)
-                writer.write(LATENCY_TOPIC, item.log_time_ns, msgs.frame_latency_msg(item.header, frame.latency))
+                writer.write(LATENCY_TOPIC, item.log_time_ns, processor.latency_msg(item.header, frame.latency))
             timings.append(frame.latency.timings())
             detections += frame.latency.num_detections
             if truth is not None:
-                scored.append((item.stamp_ns, item.image.shape[:2], frame.found))
+                scored.append((item.stamp_ns, item.image.shape[:2], frame.scored))
         wall_s = time.perf_counter() - started
         bar.close()
         if not timings:
@@ -411,13 +332,14 @@ def replay_bag(
             raise LeanEyeError(f"{bag}: topic {topic} holds no frames")
         evaluation, missing = _scored(scored, truth, detector.class_names, options) if truth is not None else (None, 0)
         settings = {
-            "engine_run": engine_run,
             "published": {
-                "conf": options.conf,
-                "iou": options.iou,
-                "max_detections": options.max_detections,
+                "conf": published.conf,
+                "iou": published.iou,
+                "max_detections": published.max_detections,
                 "class_id": options.class_id,
             },
+            # Scoring postprocesses the same backend outputs at the protocol's settings.
+            "scored": None if scoring is None else EVAL_PROTOCOL.detector_settings(),
         }
         # Returned inside the block: the output bag is renamed into place only after scoring succeeded.
         return ReplayReport(

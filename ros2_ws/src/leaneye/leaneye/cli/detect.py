@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from ..atomic import atomic_write_text, check_output_path
+from ..errors import LeanEyeError
 from ..image_io import image_paths, read_image
 from .options import add_detection_options, add_engine_option, add_force_option, add_max_detections_option
 
@@ -67,7 +68,7 @@ def summary_line(path: Path, found) -> str:
 def run_detect(args) -> int:
     from tqdm import tqdm
 
-    from ..detector import Detector
+    from ..detector import Detector, NonFiniteOutputs
 
     if args.coco_json is not None:
         check_output_path(args.coco_json, args.force, "--coco-json")
@@ -82,11 +83,15 @@ def run_detect(args) -> int:
         threads=args.threads,
     ) as detector:
         for path in tqdm(paths, desc="detect", unit="image", file=sys.stderr, disable=len(paths) < 10):
-            found = detector.detect(read_image(path)[1])
+            try:
+                found = detector.detect(read_image(path)[1])
+            except NonFiniteOutputs as exc:
+                raise LeanEyeError(f"{args.engine}: on {path}: {exc}") from None
             records.append((path, found))
             tqdm.write(summary_line(path, found), file=sys.stdout)
     if args.coco_json is not None:
-        atomic_write_text(args.coco_json, json.dumps(coco_results(records)) + "\n")
+        # NaN or infinite values are not JSON: refusing them here backs up the detector's own check.
+        atomic_write_text(args.coco_json, json.dumps(coco_results(records), allow_nan=False) + "\n")
         print(f"{args.coco_json}: {sum(len(found) for _, found in records)} detections on {len(records)} images")
     return 0
 

@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Replay every image of a bag's camera topic through an engine. Writes one Detection2DArray "
         "and one FrameLatency per frame (and a LabelInfo) to --out; frames that do not decode are "
         "counted and skipped. Bags from `leaneye scenes` are also scored against their ground truth "
-        "(COCO mAP by shared/EVAL.md); the engine then runs at the protocol's settings and the output "
-        "keeps what --conf/--iou would publish (see `pydoc leaneye.replay`).",
+        "(COCO mAP by shared/EVAL.md) from the same engine outputs postprocessed at the protocol's settings; "
+        "the output is what --no-eval gives (see `pydoc leaneye.replay`).",
     )
     p.add_argument("bag", type=Path, help="bag folder, or a single .mcap / .db3 file")
     add_engine_option(p)

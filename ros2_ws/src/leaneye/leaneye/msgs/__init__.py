@@ -1,4 +1,8 @@
-"""ROS 2 messages as plain data, without ROS: the `rosbags` typestore and pure conversions.
+"""ROS 2 messages as plain data, without ROS: pure conversions and the `rosbags` typestore.
+
+Every conversion that builds a message takes `types`, a `leaneye.msgs.types.MessageTypes` provider
+of the classes to build (default: the rosbags typestore below, for bags; `GeneratedTypes()` for a
+live ROS 2 graph). Conversions that read a message read only its fields, whichever class it is.
 
 The typestore is ROS 2 Humble's (std_msgs, sensor_msgs, geometry_msgs, ...) plus the message
 definitions shipped in `definitions/`: vision_msgs 4.x as Humble ships it, and LeanEye's own
@@ -11,16 +15,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-from rosbags.typesys.store import Typestore
 
 from ..errors import LeanEyeError
 from ..image_io import decode_image
 from ..latency import FrameLatency
+from .types import GeneratedTypes, MessageTypes, RosbagsTypes
+
+if TYPE_CHECKING:
+    from rosbags.typesys.store import Typestore
+
+__all__ = ["GeneratedTypes", "MessageTypes", "RosbagsTypes"]  # with the conversions below
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -54,8 +62,13 @@ def message_definition(msgtype: str) -> str:
     return (resources.files(__package__) / "definitions" / MESSAGE_DEFINITIONS[msgtype]).read_text(encoding="utf-8")
 
 
+# rosbags is imported where the typestore is built: a node that publishes with GeneratedTypes needs none.
+
+
 def shipped_types() -> dict:
     """Field definitions of the shipped messages, ready for Typestore.register."""
+    from rosbags.typesys import get_types_from_msg
+
     types: dict = {}
     for msgtype in MESSAGE_DEFINITIONS:
         types.update(get_types_from_msg(message_definition(msgtype), msgtype))
@@ -64,6 +77,8 @@ def shipped_types() -> dict:
 
 def new_typestore() -> Typestore:
     """A fresh, mutable store: Humble's types plus the shipped ones."""
+    from rosbags.typesys import Stores, get_typestore
+
     store = get_typestore(Stores.ROS2_HUMBLE)
     store.register(shipped_types())
     return store
@@ -75,27 +90,36 @@ def typestore() -> Typestore:
     return new_typestore()
 
 
-def _types() -> Any:
-    return typestore().types
+@functools.cache
+def bag_types() -> RosbagsTypes:
+    """The default provider: classes of the shared typestore."""
+    return RosbagsTypes(typestore())
 
 
 def stamp_to_ns(stamp: Any) -> int:
     return int(stamp.sec) * _NS_PER_S + int(stamp.nanosec)
 
 
-def header(stamp_ns: int, frame_id: str) -> Any:
+def header(stamp_ns: int, frame_id: str, types: MessageTypes | None = None) -> Any:
     """std_msgs/msg/Header for a stamp in nanoseconds since the epoch."""
     stamp_ns = int(stamp_ns)
     if not 0 <= stamp_ns < MAX_STAMP_NS:
         raise LeanEyeError(f"stamp_ns: expected nanoseconds in [0, 2^31 s), got {stamp_ns}")
     sec, nanosec = divmod(stamp_ns, _NS_PER_S)
-    types = _types()
-    return types["std_msgs/msg/Header"](
-        stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=str(frame_id)
+    types = types or bag_types()
+    return types.get("std_msgs/msg/Header")(
+        stamp=types.get("builtin_interfaces/msg/Time")(sec=sec, nanosec=nanosec), frame_id=str(frame_id)
     )
 
 
-def image_msg(image: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "bgr8", step: int | None = None) -> Any:
+def image_msg(
+    image: np.ndarray,
+    stamp_ns: int,
+    frame_id: str,
+    encoding: str = "bgr8",
+    step: int | None = None,
+    types: MessageTypes | None = None,
+) -> Any:
     """sensor_msgs/msg/Image from a BGR uint8 (H, W, 3) image (or (H, W) gray for mono8).
 
     The pixels are converted to `encoding` (bgr8, rgb8, mono8). `step` (bytes per row) may exceed
@@ -123,19 +147,20 @@ def image_msg(image: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "
         raise LeanEyeError(f"step: {step} bytes per row is less than width * channels = {row_bytes}")
     rows = np.zeros((height, step), dtype=np.uint8)
     rows[:, :row_bytes] = pixels.reshape(height, row_bytes)
-    return _types()[IMAGE](
-        header=header(stamp_ns, frame_id),
+    types = types or bag_types()
+    return types.get(IMAGE)(
+        header=header(stamp_ns, frame_id, types),
         height=height,
         width=width,
         encoding=encoding,
         is_bigendian=0,
         step=step,
-        data=rows.reshape(-1),
+        data=types.uint8_array(rows.reshape(-1)),
     )
 
 
 def _uint8_data(data: Any) -> np.ndarray:
-    """A uint8[] field as a flat array: rosbags gives ndarrays, hand-made messages may hold bytes."""
+    """A uint8[] field as a flat array: rosbags gives ndarrays, rclpy array('B'), hand-made messages bytes."""
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
             raise LeanEyeError(f"data: expected uint8 bytes, got an array of {data.dtype}")
@@ -176,7 +201,12 @@ _ENCODE_EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}
 
 
 def compressed_image_msg(
-    image: np.ndarray | bytes, stamp_ns: int, frame_id: str, fmt: str = "jpeg", quality: int = 90
+    image: np.ndarray | bytes,
+    stamp_ns: int,
+    frame_id: str,
+    fmt: str = "jpeg",
+    quality: int = 90,
+    types: MessageTypes | None = None,
 ) -> Any:
     """sensor_msgs/msg/CompressedImage from a BGR uint8 image (encoded here) or already-encoded bytes.
 
@@ -195,7 +225,10 @@ def compressed_image_msg(
         if not ok:
             raise LeanEyeError(f"image: OpenCV could not encode a {image.shape} image as {fmt}")
         data = encoded.reshape(-1)
-    return _types()[COMPRESSED_IMAGE](header=header(stamp_ns, frame_id), format=fmt, data=data)
+    types = types or bag_types()
+    return types.get(COMPRESSED_IMAGE)(
+        header=header(stamp_ns, frame_id, types), format=fmt, data=types.uint8_array(data)
+    )
 
 
 def image_from_compressed_msg(msg: Any) -> np.ndarray:
@@ -213,11 +246,11 @@ def image_from_any_msg(msg: Any) -> np.ndarray:
     raise LeanEyeError(f"message: expected {IMAGE} or {COMPRESSED_IMAGE}, got {msg.__msgtype__}")
 
 
-def _identity_pose_with_covariance(types: Any) -> Any:
-    return types["geometry_msgs/msg/PoseWithCovariance"](
-        pose=types["geometry_msgs/msg/Pose"](
-            position=types["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0),
-            orientation=types["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
+def _identity_pose_with_covariance(types: MessageTypes) -> Any:
+    return types.get("geometry_msgs/msg/PoseWithCovariance")(
+        pose=types.get("geometry_msgs/msg/Pose")(
+            position=types.get("geometry_msgs/msg/Point")(x=0.0, y=0.0, z=0.0),
+            orientation=types.get("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=0.0, w=1.0),
         ),
         covariance=np.zeros(36, dtype=np.float64),
     )
@@ -229,6 +262,7 @@ def detection_array_msg(
     scores: Sequence[float],
     class_ids: Sequence[str],
     ids: Sequence[str] | None = None,
+    types: MessageTypes | None = None,
 ) -> Any:
     """vision_msgs/msg/Detection2DArray: one Detection2D per box, each with one hypothesis.
 
@@ -251,26 +285,28 @@ def detection_array_msg(
         raise LeanEyeError("boxes_xyxy: expected finite boxes with x2 >= x1 and y2 >= y1")
     if not all(isinstance(class_id, str) for class_id in class_ids):
         raise LeanEyeError("class_ids: expected strings (vision_msgs 4.x class_id is a string)")
-    types = _types()
+    types = types or bag_types()
     detections = []
     for index, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        bbox = types["vision_msgs/msg/BoundingBox2D"](
-            center=types["vision_msgs/msg/Pose2D"](
-                position=types["vision_msgs/msg/Point2D"](x=(x1 + x2) / 2, y=(y1 + y2) / 2), theta=0.0
+        bbox = types.get("vision_msgs/msg/BoundingBox2D")(
+            center=types.get("vision_msgs/msg/Pose2D")(
+                position=types.get("vision_msgs/msg/Point2D")(x=(x1 + x2) / 2, y=(y1 + y2) / 2), theta=0.0
             ),
             size_x=x2 - x1,
             size_y=y2 - y1,
         )
-        hypothesis = types["vision_msgs/msg/ObjectHypothesisWithPose"](
-            hypothesis=types["vision_msgs/msg/ObjectHypothesis"](class_id=class_ids[index], score=float(scores[index])),
+        hypothesis = types.get("vision_msgs/msg/ObjectHypothesisWithPose")(
+            hypothesis=types.get("vision_msgs/msg/ObjectHypothesis")(
+                class_id=class_ids[index], score=float(scores[index])
+            ),
             pose=_identity_pose_with_covariance(types),
         )
         detections.append(
-            types["vision_msgs/msg/Detection2D"](
+            types.get("vision_msgs/msg/Detection2D")(
                 header=header_msg, results=[hypothesis], bbox=bbox, id="" if ids is None else str(ids[index])
             )
         )
-    return types[DETECTION_ARRAY](header=header_msg, detections=detections)
+    return types.get(DETECTION_ARRAY)(header=header_msg, detections=detections)
 
 
 def boxes_from_detection_array(msg: Any) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
@@ -298,25 +334,25 @@ def boxes_from_detection_array(msg: Any) -> tuple[np.ndarray, np.ndarray, list[s
     return boxes.astype(np.float32), scores, class_ids, ids
 
 
-def label_info_msg(header_msg: Any, class_names: Sequence[str], threshold: float = 0.0) -> Any:
+def label_info_msg(
+    header_msg: Any, class_names: Sequence[str], threshold: float = 0.0, types: MessageTypes | None = None
+) -> Any:
     """vision_msgs/msg/LabelInfo: class_map[i] = VisionClass(class_id=i, class_name=class_names[i])."""
     if len(class_names) > 65535:
         raise LeanEyeError(f"class_names: {len(class_names)} classes do not fit uint16 class ids")
-    types = _types()
-    class_map = [
-        types["vision_msgs/msg/VisionClass"](class_id=index, class_name=str(name))
-        for index, name in enumerate(class_names)
-    ]
-    return types[LABEL_INFO](header=header_msg, class_map=class_map, threshold=float(threshold))
+    types = types or bag_types()
+    vision_class = types.get("vision_msgs/msg/VisionClass")
+    class_map = [vision_class(class_id=index, class_name=str(name)) for index, name in enumerate(class_names)]
+    return types.get(LABEL_INFO)(header=header_msg, class_map=class_map, threshold=float(threshold))
 
 
 def class_names_from_label_info(msg: Any) -> dict[int, str]:
     return {int(entry.class_id): entry.class_name for entry in msg.class_map}
 
 
-def frame_latency_msg(header_msg: Any, latency: FrameLatency) -> Any:
+def frame_latency_msg(header_msg: Any, latency: FrameLatency, types: MessageTypes | None = None) -> Any:
     """leaneye_msgs/msg/FrameLatency; `header_msg` is the image's header."""
-    return _types()[FRAME_LATENCY](
+    return (types or bag_types()).get(FRAME_LATENCY)(
         header=header_msg,
         decode_ms=float(latency.decode_ms),
         preprocess_ms=float(latency.preprocess_ms),
