@@ -439,3 +439,14 @@ def test_bench_overhead_reads_bags_raw_and_compressed(engine_dir, tmp_path, caps
     assert bench_stages(out)["image decoding (separate)"] > raw_decode  # PNG decoding versus a view of the bytes
     assert leaneye("bench", "overhead", "--engine", engine_dir, bag, "--topic", "/rear/image_raw") == 2
     assert "/rear/image_raw" in capsys.readouterr().err
+
+
+def test_import_refuses_a_model_whose_outputs_are_nan_naming_it(tmp_path, classes_file):
+    output = ultralytics_output((320, 320))
+    output[0, 0, 0] = np.nan
+    model = tmp_path / "nan.onnx"
+    model.write_bytes(constant_model(output, [1, 3, 320, 320]))
+    with pytest.raises(LeanEyeError) as raised:
+        import_model(model, "ultralytics", tmp_path / "engine", classes=classes_file)
+    assert str(raised.value) == "nan.onnx: output 0 holds NaN or infinite values on a blank input"
+    assert not (tmp_path / "engine").exists()
