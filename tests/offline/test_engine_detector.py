@@ -164,3 +164,14 @@ def test_a_model_that_loads_but_cannot_run_fails_at_import_in_one_line(tmp_path,
     assert str(error.value).startswith(f"{path}: ONNX Runtime cannot run")  # not blamed on the decoder
     assert not (tmp_path / "engine").exists()
     assert "Reshape" not in capfd.readouterr().err  # ONNX Runtime's own log of the failure is silenced
+
+
+def test_import_refuses_a_model_whose_outputs_are_nan_naming_it(tmp_path, classes_file):
+    output = ultralytics_output((320, 320))
+    output[0, 0, 0] = np.nan
+    model = tmp_path / "nan.onnx"
+    model.write_bytes(constant_model(output, [1, 3, 320, 320]))
+    with pytest.raises(LeanEyeError) as raised:
+        import_model(model, "ultralytics", tmp_path / "engine", classes=classes_file)
+    assert str(raised.value) == "nan.onnx: output 0 holds NaN or infinite values on a blank input"
+    assert not (tmp_path / "engine").exists()

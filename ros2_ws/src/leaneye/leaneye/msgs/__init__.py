@@ -23,12 +23,12 @@ import numpy as np
 from ..errors import LeanEyeError
 from ..image_io import decode_image
 from ..latency import FrameLatency
-from .types import GeneratedTypes, MessageTypes, RosbagsTypes
+from .types import GeneratedTypes as GeneratedTypes  # re-exported: msgs.GeneratedTypes() for a node
+from .types import MessageTypes, RosbagsTypes
 
 if TYPE_CHECKING:
     from rosbags.typesys.store import Typestore
 
-__all__ = ["GeneratedTypes", "MessageTypes", "RosbagsTypes"]  # with the conversions below
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"

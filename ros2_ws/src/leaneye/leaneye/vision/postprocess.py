@@ -36,14 +36,6 @@ class DetectionSettings:
         if self.max_detections < 1:
             raise LeanEyeError(f"max_detections: expected a positive number, got {self.max_detections}")
 
-    def as_dict(self) -> dict:
-        return {
-            "conf": self.conf,
-            "iou": self.iou,
-            "max_detections": self.max_detections,
-            "class_agnostic": self.class_agnostic,
-        }
-
 
 DEFAULT_SETTINGS = DetectionSettings()
 
