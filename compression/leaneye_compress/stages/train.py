@@ -211,43 +211,43 @@ def _train_into(
     model.to(memory_format=torch.channels_last).train()
     ema.to(memory_format=torch.channels_last).eval()
     began = time.perf_counter() - elapsed
-    bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.preset}", unit="it", file=sys.stderr)
-    running = None
-    for iteration in range(start, config.iterations):
-        rng = np.random.default_rng([config.seed, iteration])  # per-iteration stream: resuming replays exactly
-        indices = rng.integers(0, len(train_set.images), config.batch_size)
-        images, targets = _batch(train_set, indices, rng)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, iteration)
-        cls, boxes = model(images.contiguous(memory_format=torch.channels_last))
-        points, strides = model.anchors(images.shape[2], images.shape[3], images.device)
-        loss, parts = detection_loss(cls, boxes, points, strides, targets, config.loss)
-        if not torch.isfinite(loss):
-            raise LeanEyeError(
-                f"training diverged at iteration {iteration} (loss {float(loss)}); lower lr in the config"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        _ema_update(ema, model, config.ema_decay * (1 - math.exp(-(iteration + 1) / 200)))
-        loss_value = loss.item()
-        running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
-        window.append(loss_value)
-        bar.set_postfix(loss=f"{running:.3f}", cls=f"{parts['cls']:.3f}", box=f"{parts['box']:.3f}")
-        bar.update(1)
-        done = iteration + 1
-        if done % 10 == 0:
-            history.append({"iteration": done, "loss": sum(window) / len(window)})  # mean of the last 10
-            window = []
-        if done % config.eval_every == 0 and done < config.iterations:
-            quick = evaluate_model(ema, heldout, class_names, bootstrap=0)
-            history.append({"iteration": done, "heldout_map50": quick.map50, "heldout_map50_95": quick.map50_95})
-            bar.write(f"iteration {done}: held-out mAP50 {quick.map50:.3f}, mAP50-95 {quick.map50_95:.3f}")
-        if done % config.checkpoint_every == 0 or done == config.iterations:
-            elapsed = time.perf_counter() - began
-            save_state(done)
-    bar.close()
+    # closed on the way out of an interrupt too, so the bar ends before the error line
+    with tqdm(total=config.iterations, initial=start, desc=f"train {config.preset}", unit="it", file=sys.stderr) as bar:
+        running = None
+        for iteration in range(start, config.iterations):
+            rng = np.random.default_rng([config.seed, iteration])  # per-iteration stream: resuming replays exactly
+            indices = rng.integers(0, len(train_set.images), config.batch_size)
+            images, targets = _batch(train_set, indices, rng)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(config, iteration)
+            cls, boxes = model(images.contiguous(memory_format=torch.channels_last))
+            points, strides = model.anchors(images.shape[2], images.shape[3], images.device)
+            loss, parts = detection_loss(cls, boxes, points, strides, targets, config.loss)
+            if not torch.isfinite(loss):
+                raise LeanEyeError(
+                    f"training diverged at iteration {iteration} (loss {float(loss)}); lower lr in the config"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            _ema_update(ema, model, config.ema_decay * (1 - math.exp(-(iteration + 1) / 200)))
+            loss_value = loss.item()
+            running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
+            window.append(loss_value)
+            bar.set_postfix(loss=f"{running:.3f}", cls=f"{parts['cls']:.3f}", box=f"{parts['box']:.3f}")
+            bar.update(1)
+            done = iteration + 1
+            if done % 10 == 0:
+                history.append({"iteration": done, "loss": sum(window) / len(window)})  # mean of the last 10
+                window = []
+            if done % config.eval_every == 0 and done < config.iterations:
+                quick = evaluate_model(ema, heldout, class_names, bootstrap=0)
+                history.append({"iteration": done, "heldout_map50": quick.map50, "heldout_map50_95": quick.map50_95})
+                bar.write(f"iteration {done}: held-out mAP50 {quick.map50:.3f}, mAP50-95 {quick.map50_95:.3f}")
+            if done % config.checkpoint_every == 0 or done == config.iterations:
+                elapsed = time.perf_counter() - began
+                save_state(done)
     train_seconds = time.perf_counter() - began
 
     result = evaluate_model(ema, heldout, class_names, bootstrap=config.bootstrap)
