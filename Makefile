@@ -9,9 +9,9 @@ PIP_INSTALL := -m pip install --disable-pip-version-check -q --use-pep517
 PIP := $(PY) $(PIP_INSTALL) -c constraints.txt
 STAMP := $(VENV)/.installed
 
-# The second environment proves the vehicle side on Humble's stack: Python 3.10 (pyenv's if pyenv
-# has one), NumPy 1.26, no torch, only ros2_ws/src/leaneye installed. Without a Python 3.10 it
-# falls back to $(PYTHON), which still proves NumPy 1 and no torch.
+# The second environment proves the vehicle side and the torch-free offline commands on Humble's
+# stack: Python 3.10 (pyenv's if pyenv has one), NumPy 1.26, no torch; leaneye_compress without its
+# `train` extra. Without a Python 3.10 it falls back to $(PYTHON), which still proves NumPy 1 and no torch.
 VENV1 := .venv-numpy1
 PY1 := $(VENV1)/bin/python
 STAMP1 := $(VENV1)/.installed
@@ -34,7 +34,7 @@ $(STAMP): constraints.txt pyproject.toml ros2_ws/src/leaneye/setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing pinned dependencies into $(VENV) (first run takes about a minute)..."
 	$(PIP) torch==2.13.0 $(PIP_FILTER)
-	$(PIP) -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" -e . pytest vermin ruff $(PIP_FILTER)
+	$(PIP) -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" -e ".[train]" pytest vermin ruff $(PIP_FILTER)
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -64,24 +64,27 @@ lint-py310: $(STAMP)
 	$(VENV)/bin/vermin --no-tips --violations -t=3.10- --eval-annotations ros2_ws/src/leaneye/leaneye
 
 # constraints.txt is the one pin file: its `# numpy1: NAME==VERSION` lines replace NAME's pin here.
-$(STAMP1): constraints.txt ros2_ws/src/leaneye/setup.py
+$(STAMP1): constraints.txt pyproject.toml ros2_ws/src/leaneye/setup.py
 	@test -x $(PY1) || $(PYTHON_NUMPY1) -m venv $(VENV1)
 	awk 'NR == FNR { if (sub(/^# numpy1: /, "")) { split($$0, pin, "=="); override[tolower(pin[1])] = $$0 } next } \
 	     /^[A-Za-z0-9]/ { split($$0, pin, "=="); if (tolower(pin[1]) in override) next } \
 	     { print } END { for (name in override) print override[name] }' constraints.txt constraints.txt > $(VENV1)/constraints.txt
-	@echo "Installing the runtime core into $(VENV1) ($$($(PY1) --version), under a minute)..."
-	$(PY1) $(PIP_INSTALL) -c $(VENV1)/constraints.txt -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" pytest $(PIP_FILTER)
+	@echo "Installing the runtime core and torch-free offline half into $(VENV1) ($$($(PY1) --version), under a minute)..."
+	$(PY1) $(PIP_INSTALL) -c $(VENV1)/constraints.txt -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" -e . pytest $(PIP_FILTER)
 	@touch $(STAMP1)
 
-# Only the runtime_core tests; pytest's exit 5 ("no tests collected") is not a failure here, since
-# the selection may be empty while the runtime core is young.
+# The runtime_core and torch_free tests; pytest's exit 5 ("no tests collected") is not a failure
+# here, since the selection may be empty while the runtime core is young.
 test-numpy1: $(STAMP1)
-	@$(PY1) -c 'import importlib.util as u, sys, numpy; extra = [m for m in ("torch", "leaneye_compress") if u.find_spec(m)]; \
-	    sys.exit(f"$(VENV1) must not have {extra}") if extra else print(f"Runtime core on Python {sys.version.split()[0]}, NumPy {numpy.__version__}, without torch:")'
-	$(PY1) -m pytest -q -m runtime_core tests || test $$? -eq 5
+	@$(PY1) -c 'import importlib.util as u, sys, numpy; \
+	    sys.exit("$(VENV1) must not have torch") if u.find_spec("torch") else None; \
+	    sys.exit("$(VENV1) lacks leaneye_compress") if not u.find_spec("leaneye_compress") else None; \
+	    print(f"Runtime core and torch-free offline half on Python {sys.version.split()[0]}, NumPy {numpy.__version__}, without torch:")'
+	$(PY1) -m pytest -q -m "runtime_core or torch_free" tests || test $$? -eq 5
 
 train-default: $(STAMP)
-	$(VENV)/bin/leaneye-compress train --config compression/configs/teacher.yaml --out compression/leaneye_compress/default_model --force
+	$(VENV)/bin/leaneye-compress train --config compression/configs/teacher.yaml --out compression/leaneye_compress/default_model \
+	    --work-dir runs/train/teacher --cache-dir runs/cache --force
 
 clean:
 	rm -rf $(VENV) $(VENV1) runs

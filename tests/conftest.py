@@ -1,5 +1,5 @@
 """Shared test helpers: where the project's shared real-data fixtures live, and which test modules
-an environment with only the vehicle side installed can collect."""
+an environment without PyTorch can collect."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Real external data kept beside the repository, never inside it; a user's fresh clone lacks it.
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 
-# `make test-numpy1` runs `-m runtime_core` where only ros2_ws/src/leaneye is installed. Modules
-# that never mention runtime_core may import torch or leaneye_compress at their top, so importing
-# them there would fail before `-m` could deselect them: they are not collected at all.
-VEHICLE_ONLY = importlib.util.find_spec("leaneye_compress") is None
+# `make test-numpy1` runs `-m "runtime_core or torch_free"` where torch is absent (leaneye_compress
+# is installed without its `train` extra). Modules that mention neither marker may import torch at
+# their top, so importing them there would fail before `-m` could deselect them: they are not
+# collected at all.
+WITHOUT_TORCH = importlib.util.find_spec("torch") is None
+TORCH_FREE_MARKERS = ("runtime_core", "torch_free")
 
 
 def shared_fixtures_dir() -> Path:
@@ -33,7 +35,8 @@ def shared_fixtures() -> Path:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    if VEHICLE_ONLY and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
-        if "runtime_core" not in collection_path.read_text(encoding="utf-8"):
+    if WITHOUT_TORCH and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        text = collection_path.read_text(encoding="utf-8")
+        if not any(marker in text for marker in TORCH_FREE_MARKERS):
             return True
     return None

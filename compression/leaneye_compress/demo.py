@@ -264,6 +264,7 @@ def run_demo(
     from leaneye.engine import load_manifest, model_file
     from leaneye.replay import ReplayOptions, replay_bag
 
+    from .artifacts import read_record
     from .stages.export import export_engine
 
     if not checkpoint.is_file():
@@ -302,8 +303,8 @@ def run_demo(
     print(replayed.format())
 
     _step(4, f"report: {_display(work_dir / 'report.md')}")
-    metrics_path = checkpoint.parent / "metrics.json"
-    training_heldout = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
+    training = read_record(checkpoint.parent)
+    training_heldout = training.get("metrics") if training else None
     wall["total"] = time.perf_counter() - began
     report = {
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

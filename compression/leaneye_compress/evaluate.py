@@ -13,7 +13,8 @@ from leaneye.scenes.dataset import scene_ground_truth
 from leaneye.vision.postprocess import DetectionSettings, Postprocessor
 
 from .data import SceneSet
-from .models.detector import LeanDet
+from .models.contract import network_input
+from .models.detector import DecodedOutputs, LeanDet
 from .stages.export import builtin_manifest
 
 
@@ -24,19 +25,17 @@ def predict(model: LeanDet, scene_set: SceneSet, class_names, batch_size: int = 
     )
     transform = scene_set.transform
     was_training = model.training
-    model.eval()
-    model.export_decoded = True
+    decoded = DecodedOutputs(model).eval()
     detections = {}
     try:
         for start in range(0, len(scene_set.images), batch_size):
-            batch = torch.from_numpy(scene_set.images[start : start + batch_size]).permute(0, 3, 1, 2).float().div_(255)
-            outputs = model(batch).numpy()
+            batch = torch.from_numpy(network_input(scene_set.images[start : start + batch_size]))
+            outputs = decoded(batch).numpy()
             for k, out in enumerate(outputs):
                 frame = scene_set.frames[start + k]
                 boxes, scores, class_ids = postprocessor.run([out[None]], transform, frame.image.shape[:2])
                 detections[start + k] = ImageDetections.from_class_ids(boxes, scores, class_ids, class_names)
     finally:
-        model.export_decoded = False
         model.train(was_training)
     return detections
 

@@ -11,7 +11,7 @@ import pytest
 from leaneye.cli import main as leaneye_main
 from leaneye.scenes.classes import SCENE_CLASSES
 from leaneye_compress import demo
-from leaneye_compress.checkpoint import save_checkpoint
+from leaneye_compress.checkpoint import model_payload, save_checkpoint
 from leaneye_compress.models.detector import LeanDet, preset_config
 
 
@@ -45,10 +45,7 @@ def test_scene_bag_is_reused_only_while_its_parameters_are_unchanged(tmp_path):
 def test_demo_end_to_end_on_a_small_model(tmp_path, capsys):
     checkpoint = tmp_path / "model" / "model.pt"
     model = LeanDet(preset_config("student", len(SCENE_CLASSES), 96, 320))
-    save_checkpoint(
-        checkpoint,
-        {"model_config": model.config.to_dict(), "class_names": list(SCENE_CLASSES), "state_dict": model.state_dict()},
-    )
+    save_checkpoint(checkpoint, model_payload(model, SCENE_CLASSES))
     work, engine = tmp_path / "demo", tmp_path / "engine"
     assert (
         demo.main(

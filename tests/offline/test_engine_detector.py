@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.torch_free
+
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 

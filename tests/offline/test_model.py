@@ -13,8 +13,16 @@ import torch
 import yaml
 
 from leaneye_compress.cli import main as compress_main
-from leaneye_compress.models.detector import STRIDES, LeanDet, LeanDetConfig, count_parameters, preset_config
-from leaneye_compress.stages.export import INPUT_NAME, onnx_bytes
+from leaneye_compress.models.contract import INPUT_NAME
+from leaneye_compress.models.detector import (
+    STRIDES,
+    DecodedOutputs,
+    LeanDet,
+    LeanDetConfig,
+    count_parameters,
+    preset_config,
+)
+from leaneye_compress.stages.export import onnx_bytes
 
 
 def _random_model(width=0.25, height=96, input_width=320, seed=0) -> LeanDet:
@@ -56,9 +64,8 @@ def test_onnx_export_is_self_contained_and_equals_pytorch(tmp_path, monkeypatch)
     assert "Conv" in ops and not ops & {"HardSwish", "Elu", "Selu", "Gelu", "Mish"}  # INT8-friendly ops only
     x = np.random.default_rng(1).random((1, 3, 96, 320), dtype=np.float32)
     got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})[0]
-    model.export_decoded = True
     with torch.no_grad():
-        expected = model(torch.from_numpy(x)).numpy()
+        expected = DecodedOutputs(model)(torch.from_numpy(x)).numpy()
     cells = sum((96 // s) * (320 // s) for s in STRIDES)
     assert got.shape == expected.shape == (1, cells, 4 + 6)
     # Tolerances: boxes in pixels (up to 320) to 1e-3 px, probabilities to 1e-5.
@@ -69,9 +76,8 @@ def test_onnx_export_is_self_contained_and_equals_pytorch(tmp_path, monkeypatch)
 def test_decoded_output_layout_matches_the_documentation():
     """Row order: stride 8 first, row-major; boxes are anchor centre -/+ distances."""
     model = _random_model()
-    model.export_decoded = True
     with torch.no_grad():
-        out = model(torch.rand(1, 3, 96, 320))[0].numpy()
+        out = DecodedOutputs(model)(torch.rand(1, 3, 96, 320))[0].numpy()
     centres = []
     for s in STRIDES:  # the documented order, computed independently of the model
         ys, xs = np.mgrid[0 : 96 // s, 0 : 320 // s]
@@ -109,12 +115,18 @@ def test_short_training_lowers_the_loss_and_writes_a_checkpoint_that_exports(tmp
     config = _tiny_config(tmp_path / "tiny.yaml")
     out, work = tmp_path / "model", tmp_path / "work"
     assert compress_main(["train", "--config", str(config), "--out", str(out), "--work-dir", str(work)]) == 0
-    record = json.loads((out / "train.json").read_text())
-    losses = [h["loss"] for h in record["history"] if "loss" in h]
+    record = json.loads((out / "record.json").read_text())
+    assert record["stage"] == "train" and record["config"]["iterations"] == 40 and record["inputs"] == {}
+    assert {"torch", "leaneye", "leaneye-compress"} <= set(record["tool_versions"]) and record["wall_s"] > 0
+    losses = [h["loss"] for h in record["details"]["history"] if "loss" in h]
     assert len(losses) == 4 and losses[-1] < 0.8 * losses[0]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert {"mAP50", "mAP50-95", "AP_by_size"} <= set(metrics)
-    assert (work / "last.pt").exists()
+    assert {"mAP50", "mAP50-95", "AP_by_size"} <= set(record["metrics"])
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "record.json"]
+    assert (work / "last.pt").exists() and list((work / "cache").glob("scenes-*.npz"))
+    # The same config again: skipped, the output untouched.
+    written = (out / "model.pt").stat().st_mtime_ns
+    assert compress_main(["train", "--config", str(config), "--out", str(out), "--work-dir", str(work)]) == 0
+    assert (out / "model.pt").stat().st_mtime_ns == written
     engine = tmp_path / "engine"
     assert compress_main(["export", str(out / "model.pt"), "--out", str(engine)]) == 0
     manifest = json.loads((engine / "manifest.json").read_text())

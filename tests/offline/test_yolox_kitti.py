@@ -4,15 +4,14 @@ protocol. An independent script measures mAP50 0.610 and mAP50-95 0.293 on the s
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
+
+pytestmark = pytest.mark.torch_free
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
 
-from leaneye.cli import run_command  # noqa: E402
 from leaneye.cli.eval import detect_all  # noqa: E402
 from leaneye.detector import Detector  # noqa: E402
 from leaneye.eval import (  # noqa: E402
@@ -20,19 +19,16 @@ from leaneye.eval import (  # noqa: E402
     evaluate,
     kitti_ground_truth,
 )
-from leaneye_compress.stages import import_onnx  # noqa: E402
+from leaneye_compress.cli import main as compress_main  # noqa: E402
 
 
 @pytest.mark.slow
 def test_yolox_nano_on_kitti_reaches_the_reference_accuracy(tmp_path, shared_fixtures):
     fixtures = shared_fixtures
     yolox = fixtures / "yolox_nano"
-    parser = argparse.ArgumentParser(prog="leaneye-compress")
-    import_onnx.register(parser.add_subparsers(dest="command", required=True))
     engine = tmp_path / "yolox_nano"
     assert (
-        run_command(
-            parser,
+        compress_main(
             [
                 "import",
                 str(yolox / "yolox_nano.onnx"),

@@ -1,4 +1,5 @@
-"""Training and evaluation frames from the procedural scenes, letterboxed to the network input.
+"""Training and evaluation frames from the procedural scenes, letterboxed to the network input by
+the runtime's own letterbox, as LeanDet's input contract (models/contract.py) says.
 
 Frames come from many short sequences (one seed each, every `frame_step`-th frame), so a set is
 diverse in layout, lighting and traffic while each sequence stays a smooth camera sequence. Sets
@@ -21,6 +22,8 @@ from leaneye.atomic import atomic_path
 from leaneye.scenes.render import SceneFrame, SceneSequence
 from leaneye.vision.letterbox import LetterboxTransform, letterbox, letterbox_transform
 
+from ..models import contract
+
 CACHE_VERSION = 2  # bump when the renderer changes what a seed produces
 
 
@@ -31,9 +34,9 @@ class SceneSetConfig:
     frames_per_sequence: int
     frame_step: int = 1
     frame_size: tuple[int, int] = (1224, 370)  # width, height of the camera frames
-    input_size: tuple[int, int] = (192, 640)  # network input height, width
-    letterbox_align: str = "center"
-    pad_value: int = 114
+    input_size: tuple[int, int] = contract.INPUT_SIZE  # network input height, width
+    letterbox_align: str = contract.LETTERBOX_ALIGN
+    pad_value: int = contract.PAD_VALUE
 
     def __post_init__(self):
         for name in ("sequences", "frames_per_sequence", "frame_step"):

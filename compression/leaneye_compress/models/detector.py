@@ -6,7 +6,10 @@ Design choices, each for deployment:
 - channel counts are multiples of 8 (tensor-core and INT8 kernels want them);
 - rectangular input (640×192 for 1224×370 frames: a square input would spend most pixels on padding);
 - FPN/PAN neck over strides 8, 16, 32 and a decoupled head (classification and box branches);
-- the export decodes in-graph to one tensor, so a runtime needs no PyTorch and no anchor logic.
+- the export (`DecodedOutputs`) decodes in-graph to one tensor, so a runtime needs no PyTorch and
+  no anchor logic;
+- channel counts follow the width multiplier unless given per convolution (`layer_channels`), as
+  a pruned model's are.
 
 Output layout of the exported model (`output`, float32, [1, N, 4 + num_classes]):
 N = sum over strides s in (8, 16, 32) of (H/s)·(W/s) grid cells, stride 8 first, each level in
@@ -16,6 +19,7 @@ class (no objectness: score = class probability). Decoder name in manifests: "bu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -119,7 +123,10 @@ class Head(nn.Module):
 
 
 class LeanDet(nn.Module):
-    def __init__(self, config: LeanDetConfig):
+    """`layer_channels` ({convolution name: (in, out)}, as `layer_channels(model)` returns) overrides
+    the widths that `config.width` gives, for the convolutions it names."""
+
+    def __init__(self, config: LeanDetConfig, layer_channels: Mapping[str, tuple[int, int]] | None = None):
         super().__init__()
         self.config = config
         w, d = config.width, config.depth
@@ -141,7 +148,8 @@ class LeanDet(nn.Module):
         self.bottom_up5 = CSPBlock(2 * c4, c5, n, shortcut=False)
         c_head = c3
         self.heads = nn.ModuleList(Head(c, c_head, config.num_classes) for c in (c3, c4, c5))
-        self.export_decoded = False  # set by the ONNX export: forward() returns the decoded tensor
+        if layer_channels:
+            _resize_convolutions(self, layer_channels)
 
     def _features(self, x):
         p3 = self.stage3(self.stage2(self.stem(x)))
@@ -172,7 +180,7 @@ class LeanDet(nn.Module):
         return torch.cat(points), torch.cat(strides)
 
     def forward(self, x):
-        """Training: (class logits [B, N, C], boxes xyxy [B, N, 4] in input pixels). Export: [B, N, 4 + C]."""
+        """(class logits [B, N, C], boxes xyxy [B, N, 4] in input pixels); `DecodedOutputs` for the export's."""
         cls_levels, box_levels = [], []
         for feature, head in zip(self._features(x), self.heads):
             cls, box = head(feature)
@@ -183,9 +191,45 @@ class LeanDet(nn.Module):
         points, strides = self.anchors(x.shape[2], x.shape[3], x.device)
         scaled = distances * strides[:, None]
         boxes = torch.cat([points - scaled[..., :2], points + scaled[..., 2:]], -1)
-        if self.export_decoded:
-            return torch.cat([boxes, cls.sigmoid()], -1)
         return cls, boxes
+
+
+class DecodedOutputs(nn.Module):
+    """A LeanDet whose output is the exported model's: one tensor [B, N, 4 + C] of boxes and class
+    probabilities (the layout in this module's docstring)."""
+
+    def __init__(self, model: LeanDet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        cls, boxes = self.model(x)
+        return torch.cat([boxes, cls.sigmoid()], -1)
+
+
+def layer_channels(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """{name: (in channels, out channels)} of every convolution: the widths a checkpoint records."""
+    return {name: (m.in_channels, m.out_channels) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def _resize_convolutions(model: LeanDet, channels: Mapping[str, tuple[int, int]]) -> None:
+    """Rebuild the named convolutions (and the BatchNorm after each) at the given widths."""
+    modules = dict(model.named_modules())
+    for name, (c_in, c_out) in channels.items():
+        conv = modules.get(name)
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f"layer_channels: {name!r} is not a convolution of LeanDet")
+        if (conv.in_channels, conv.out_channels) == (c_in, c_out):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = modules[parent_name]
+        parent.register_module(
+            child,
+            nn.Conv2d(c_in, c_out, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None),
+        )
+        # In ConvBNReLU the BatchNorm follows its convolution; the head's output convolutions have none.
+        if isinstance(parent, ConvBNReLU):
+            parent.register_module(str(int(child) + 1), nn.BatchNorm2d(c_out))
 
 
 def count_parameters(model: nn.Module) -> int:

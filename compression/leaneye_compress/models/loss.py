@@ -15,14 +15,16 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from ..config import bounded, positive
+
 
 @dataclass(frozen=True)
 class LossConfig:
-    top_k: int = 10
-    alpha: float = 1.0
-    beta: float = 6.0
-    box_weight: float = 2.5
-    cls_weight: float = 1.0
+    top_k: int = positive(10)
+    alpha: float = bounded(1.0, low=0)
+    beta: float = bounded(6.0, low=0)
+    box_weight: float = bounded(2.5, low=0)
+    cls_weight: float = bounded(1.0, low=0)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ decoded. Preparation defaults follow each family's own inference code:
 
 - yolox: BGR, raw 0-255, letterbox aligned top-left, padded with 114;
 - ultralytics, end2end: RGB scaled to 0-1, letterbox centred, padded with 114;
-- builtin (the project's own models): BGR scaled to 0-1, centred, 114, as `export` writes them.
+- builtin (the project's own models): LeanDet's input contract (models/contract.py), as `export`
+  writes it: BGR scaled to 0-1, centred, 114.
 
 Ultralytics exports carry `names`, `imgsz` and `stride` in the ONNX metadata; they are read, so
 --classes is optional there.
@@ -18,23 +19,23 @@ Ultralytics exports carry `names`, `imgsz` and `stride` in the ONNX metadata; th
 
 from __future__ import annotations
 
-import argparse
 import ast
 from pathlib import Path
 
 from leaneye.atomic import check_output_path
 from leaneye.engine import file_sha256, parse_manifest, tool_versions, write_engine
 from leaneye.errors import LeanEyeError, first_line
-from leaneye.vision.decoders import DECODERS
+
+from ..models import contract
 
 INPUT_FORMATS = {"bgr255": ("bgr", 1.0), "rgb01": ("rgb", 1.0 / 255.0), "bgr01": ("bgr", 1.0 / 255.0)}
-DEFAULTS = {  # decoder -> (input format, letterbox align)
-    "yolox": ("bgr255", "top-left"),
-    "ultralytics": ("rgb01", "center"),
-    "end2end": ("rgb01", "center"),
-    "builtin": ("bgr01", "center"),  # as `leaneye-compress export` writes it
+BUILTIN_FORMAT = next(name for name, fmt in INPUT_FORMATS.items() if fmt == (contract.COLOR, contract.SCALE))
+DEFAULTS = {  # decoder -> (input format, letterbox align, pad value)
+    "yolox": ("bgr255", "top-left", 114),
+    "ultralytics": ("rgb01", "center", 114),
+    "end2end": ("rgb01", "center", 114),
+    "builtin": (BUILTIN_FORMAT, contract.LETTERBOX_ALIGN, contract.PAD_VALUE),  # as `export` writes it
 }
-PAD_VALUE = 114
 YOLOX_STRIDES = [8, 16, 32]
 
 
@@ -75,6 +76,14 @@ def ultralytics_metadata(model) -> dict:
     return found
 
 
+def check_input_size(size, what: str) -> None:
+    """Height and width within 1..MAX_INPUT_SIDE: a larger one would only fail later, out of memory."""
+    if any(not 0 < side <= contract.MAX_INPUT_SIDE for side in size):
+        raise LeanEyeError(
+            f"{what} {size[0]}x{size[1]} (height x width): expected sides from 1 to {contract.MAX_INPUT_SIDE}"
+        )
+
+
 def _dims(value_info) -> list:
     """Dimensions of a graph input/output: ints where fixed, None where symbolic."""
     return [dim.dim_value if dim.HasField("dim_value") else None for dim in value_info.type.tensor_type.shape.dim]
@@ -95,6 +104,8 @@ def import_model(
 
     model_path = Path(model_path)
     check_output_path(out, force, "engine directory")
+    if input_size is not None:
+        check_input_size(input_size, "--input-size")
     if not model_path.is_file():
         raise LeanEyeError(f"{model_path}: expected an ONNX model file")
     try:
@@ -133,6 +144,7 @@ def import_model(
             f"--input-size: the model's input is fixed at {height}x{width} (height x width), "
             f"not {input_size[0]}x{input_size[1]}"
         )
+    check_input_size((height, width), f"{model_path}: input {graph_input.name!r}")
     stride = metadata.get("stride")
     if isinstance(stride, int) and (height % stride or width % stride):
         raise LeanEyeError(f"--input-size: {height}x{width} must be a multiple of the model's stride {stride}")
@@ -147,7 +159,7 @@ def import_model(
             "pass a file with one class name per line"
         )
 
-    default_format, default_align = DEFAULTS[decoder]
+    default_format, default_align, pad_value = DEFAULTS[decoder]
     color, scale = INPUT_FORMATS[input_format or default_format]
     manifest = {
         "format_version": 1,
@@ -164,7 +176,7 @@ def import_model(
             "mean": None,
             "std": None,
         },
-        "letterbox": {"align": align or default_align, "pad_value": PAD_VALUE},
+        "letterbox": {"align": align or default_align, "pad_value": pad_value},
         "decoder": {"type": decoder, **({"strides": YOLOX_STRIDES} if decoder == "yolox" else {})},
         "class_names": class_names,
         "producer": {
@@ -201,52 +213,3 @@ def _check_decodes(model_path: Path, manifest: dict) -> None:
     except NonFiniteOutputs as exc:
         raise LeanEyeError(f"{model_path.name}: {exc}") from None
     detector.deactivate()
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "import",
-        help="wrap an external ONNX detector into an engine directory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("model", type=Path, help="the ONNX model")
-    parser.add_argument("--decoder", required=True, choices=sorted(DECODERS), help="the model's output layout")
-    parser.add_argument("--out", required=True, type=Path, help="engine directory to write")
-    parser.add_argument(
-        "--classes", type=Path, help="text file, one class name per line (optional for Ultralytics exports)"
-    )
-    parser.add_argument(
-        "--input-format",
-        choices=sorted(INPUT_FORMATS),
-        help="channel order and value range the model expects (default: per decoder)",
-    )
-    parser.add_argument("--align", choices=["center", "top-left"], help="letterbox alignment (default: per decoder)")
-    parser.add_argument(
-        "--input-size",
-        type=int,
-        nargs=2,
-        metavar=("HEIGHT", "WIDTH"),
-        help="input size for models with dynamic height/width",
-    )
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
-    parser.set_defaults(func=run)
-
-
-def run(args) -> int:
-    manifest = import_model(
-        args.model,
-        args.decoder,
-        args.out,
-        classes=args.classes,
-        input_format=args.input_format,
-        align=args.align,
-        input_size=args.input_size,
-        force=args.force,
-    )
-    shape = manifest["input"]["shape"]
-    print(
-        f"{args.out}: {manifest['decoder']['type']} engine, input {manifest['input']['name']} "
-        f"{shape[3]}x{shape[2]} {manifest['input']['color']}, {len(manifest['class_names'])} classes"
-    )
-    return 0
