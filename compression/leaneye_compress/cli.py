@@ -14,6 +14,7 @@ from pathlib import Path
 
 from leaneye.atomic import check_output_path
 from leaneye.cli import run_command
+from leaneye.cli.options import add_force_option
 from leaneye.vision.decoders import DECODERS
 
 from .stages import import_onnx
@@ -77,7 +78,7 @@ def _add_train(subparsers) -> None:
         "--cache-dir", type=Path, help="rendered scene sets, shareable between runs (default: WORK_DIR/cache)"
     )
     p.add_argument("--resume", action="store_true", help="continue from the work folder's last state")
-    p.add_argument("--force", action="store_true", help="replace an existing output folder, even one up to date")
+    add_force_option(p, "output folder, even one up to date")
     p.add_argument("--iterations", type=int, help="override the config's iteration count (quick checks)")
     p.set_defaults(func=run_train)
 
@@ -86,7 +87,7 @@ def _add_export(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a LeanDet checkpoint to an ONNX Runtime engine directory")
     p.add_argument("checkpoint", type=Path, help="model.pt written by `leaneye-compress train`")
     p.add_argument("--out", type=Path, required=True, help="engine directory to write (model.onnx + manifest.json)")
-    p.add_argument("--force", action="store_true", help="replace an existing engine directory")
+    add_force_option(p, "engine directory")
     p.set_defaults(func=run_export)
 
 
@@ -114,7 +115,7 @@ def _add_import(subparsers) -> None:
         metavar=("HEIGHT", "WIDTH"),
         help="input size for models with dynamic height/width",
     )
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_force_option(p, "engine directory")
     p.set_defaults(func=run_import)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leaneye.engine import InputSpec
+from leaneye.engine import MAX_INPUT_SIDE, InputSpec
 
 INPUT_NAME = "images"
 INPUT_SIZE = (192, 640)  # height, width: 1224x370 camera frames letterbox to 635x192
@@ -17,9 +17,9 @@ COLOR = "bgr"
 SCALE = 1 / 255
 LETTERBOX_ALIGN = "center"
 PAD_VALUE = 114
-# The largest input height or width accepted from a config, a checkpoint or `import --input-size`.
-# The same bound as the runtime manifests' once leaneye.engine defines one (MAX_INPUT_SIDE there).
-MAX_INPUT_SIDE = 8192
+# MAX_INPUT_SIDE, the runtime manifests' bound on input height and width, also bounds a config's,
+# a checkpoint's and `import --input-size`'s: a larger one would only fail later, out of memory.
+__all__ = ["MAX_INPUT_SIDE", "input_spec", "network_input"]
 
 
 def input_spec(input_size: tuple[int, int] = INPUT_SIZE) -> InputSpec:
