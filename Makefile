@@ -59,9 +59,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The vehicle side must run on Humble's Python 3.10: no syntax or stdlib newer than that.
+# Both halves must run on Humble's Python 3.10 (the offline half on a Jetson): no syntax or stdlib newer.
 lint-py310: $(STAMP)
-	$(VENV)/bin/vermin --no-tips --violations -t=3.10- --eval-annotations ros2_ws/src/leaneye/leaneye
+	$(VENV)/bin/vermin --no-tips --violations -t=3.10- --eval-annotations ros2_ws/src/leaneye/leaneye compression/leaneye_compress
 
 # constraints.txt is the one pin file: its `# numpy1: NAME==VERSION` lines replace NAME's pin here.
 $(STAMP1): constraints.txt pyproject.toml ros2_ws/src/leaneye/setup.py
