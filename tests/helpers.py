@@ -109,8 +109,16 @@ def constant_model(
     return model.SerializeToString()
 
 
-def engine_manifest(input_hw, class_names, decoder: str = "builtin", color: str = "bgr") -> dict:
-    """An engine manifest for an ONNX model with one image input: NCHW float32 in [0, 1], centred letterbox."""
+def engine_manifest(
+    input_hw,
+    class_names,
+    decoder: str = "builtin",
+    color: str = "bgr",
+    scale: float = 1 / 255,
+    align: str = "center",
+    **decoder_params,
+) -> dict:
+    """An engine manifest for an ONNX model with one NCHW float32 image input `images`."""
     return {
         "format_version": 1,
         "backend": "onnxruntime",
@@ -122,14 +130,25 @@ def engine_manifest(input_hw, class_names, decoder: str = "builtin", color: str 
             "layout": "NCHW",
             "dtype": "float32",
             "color": color,
-            "scale": 1 / 255,
+            "scale": scale,
             "mean": None,
             "std": None,
         },
-        "letterbox": {"align": "center", "pad_value": 114},
-        "decoder": {"type": decoder},
+        "letterbox": {"align": align, "pad_value": 114},
+        "decoder": {"type": decoder, **decoder_params},
         "class_names": list(class_names),
     }
+
+
+def write_yolox_nano_engine(path: Path, fixtures: Path) -> Path:
+    """The shared YOLOX-Nano fixture (`fixtures` = ../shared/fixtures) as an engine: BGR 0-255, top-left letterbox."""
+    from leaneye.engine import write_engine
+
+    yolox = fixtures / "yolox_nano"
+    names = [name.strip() for name in (yolox / "coco_classes.txt").read_text().splitlines() if name.strip()]
+    manifest = engine_manifest((416, 416), names, "yolox", scale=1.0, align="top-left", strides=[8, 16, 32])
+    write_engine(path, yolox / "yolox_nano.onnx", manifest)
+    return path
 
 
 def write_tiny_engine(engine_dir: Path, force: bool = False) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import engine_manifest
 
 from leaneye.backends import Backend, BackendOptions, backend_class, backend_names, load_backend
 from leaneye.backends.onnxruntime import OnnxRuntimeBackend
@@ -90,26 +91,7 @@ def _serialized(graph) -> bytes:
 
 
 def manifest_data(**changes) -> dict:
-    data = {
-        "format_version": 1,
-        "backend": "onnxruntime",
-        "precision": "fp32",
-        "model": "model.onnx",
-        "model_sha256": "0" * 64,
-        "input": {
-            "name": "images",
-            "shape": list(INPUT_SHAPE),
-            "layout": "NCHW",
-            "dtype": "float32",
-            "color": "bgr",
-            "scale": 1.0,
-            "mean": None,
-            "std": None,
-        },
-        "letterbox": {"align": "center", "pad_value": 114},
-        "decoder": {"type": "builtin"},
-        "class_names": ["car", "person"],
-    }
+    data = {**engine_manifest(INPUT_SHAPE[2:], ["car", "person"], scale=1.0), "model_sha256": "0" * 64}
     data.update(changes)
     return data
 

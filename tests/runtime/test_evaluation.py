@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from conftest import shared_fixtures_dir
-from helpers import jittered, perfect, scenes
+from helpers import jittered, perfect, scenes, write_yolox_nano_engine
 
 from leaneye.cli import eval as eval_cli
 from leaneye.cli import run_command
@@ -211,34 +211,10 @@ def run_eval_cli(argv: list) -> int:
 @pytest.mark.slow
 def test_eval_cli_on_kitti_with_yolox(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    from leaneye.engine import write_engine
 
     fixtures = shared_fixtures_dir()
     engine = tmp_path / "yolox_nano"
-    names = [n.strip() for n in (fixtures / "yolox_nano" / "coco_classes.txt").read_text().splitlines() if n.strip()]
-    write_engine(
-        engine,
-        fixtures / "yolox_nano" / "yolox_nano.onnx",
-        {
-            "format_version": 1,
-            "backend": "onnxruntime",
-            "precision": "fp32",
-            "model": "model.onnx",
-            "input": {
-                "name": "images",
-                "shape": [1, 3, 416, 416],
-                "layout": "NCHW",
-                "dtype": "float32",
-                "color": "bgr",
-                "scale": 1.0,
-                "mean": None,
-                "std": None,
-            },
-            "letterbox": {"align": "top-left", "pad_value": 114},
-            "decoder": {"type": "yolox", "strides": [8, 16, 32]},
-            "class_names": names,
-        },
-    )
+    write_yolox_nano_engine(engine, fixtures)
     out = tmp_path / "eval.json"
     assert (
         run_eval_cli(

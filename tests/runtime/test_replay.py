@@ -21,12 +21,11 @@ import cv2
 import numpy as np
 import pytest
 from conftest import shared_fixtures_dir
-from helpers import builtin_rows, nan_on_lit_frames_nodes, write_builtin_engine
+from helpers import builtin_rows, nan_on_lit_frames_nodes, write_builtin_engine, write_yolox_nano_engine
 from ruamel.yaml import YAML
 
 from leaneye import bags, msgs
 from leaneye.cli import main as leaneye_main
-from leaneye.engine import write_engine
 from leaneye.replay import DETECTIONS_TOPIC, LABEL_INFO_TOPIC, LATENCY_TOPIC
 from leaneye.scenes.classes import SCENE_CLASSES
 from leaneye.scenes.dataset import IMAGE_TOPIC
@@ -53,32 +52,7 @@ def _builtin_engine(path: Path) -> Path:
 
 
 def _yolox_engine(path: Path) -> Path:
-    yolox = shared_fixtures_dir() / "yolox_nano"
-    names = [name.strip() for name in (yolox / "coco_classes.txt").read_text().splitlines() if name.strip()]
-    write_engine(
-        path,
-        yolox / "yolox_nano.onnx",
-        {
-            "format_version": 1,
-            "backend": "onnxruntime",
-            "precision": "fp32",
-            "model": "model.onnx",
-            "input": {
-                "name": "images",
-                "shape": [1, 3, 416, 416],
-                "layout": "NCHW",
-                "dtype": "float32",
-                "color": "bgr",
-                "scale": 1.0,
-                "mean": None,
-                "std": None,
-            },
-            "letterbox": {"align": "top-left", "pad_value": 114},
-            "decoder": {"type": "yolox", "strides": [8, 16, 32]},
-            "class_names": names,
-        },
-    )
-    return path
+    return write_yolox_nano_engine(path, shared_fixtures_dir())
 
 
 @pytest.fixture(scope="module")
