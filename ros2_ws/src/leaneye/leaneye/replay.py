@@ -47,7 +47,7 @@ import numpy as np
 
 from . import msgs
 from .atomic import check_output_path
-from .errors import LeanEyeError
+from .errors import LeanEyeError, ParameterError
 from .eval.protocol import EVAL_PROTOCOL
 from .latency import LatencySummary
 from .pipeline import FrameProcessor, check_class_id
@@ -258,12 +258,12 @@ def replay_bag(
     if out is not None:
         out = Path(out)
         storage = output_storage(out, storage)
-        check_output_path(out, force, "--out")
+        check_output_path(out, force)
         source, target = Path(bag).resolve(), out.resolve()
         if target == source or source in target.parents or target in source.parents:
             # Replacing a folder that holds the input, or writing into the input's folder, would
             # destroy the recording or change what it holds.
-            raise LeanEyeError(f"--out {out}: is, holds or lies inside the input bag {bag}; choose another path")
+            raise ParameterError("out", f"{out} is, holds or lies inside the input bag {bag}; choose another path")
     with contextlib.ExitStack() as stack:
         reader = stack.enter_context(open_bag_reader(bag))
         try:

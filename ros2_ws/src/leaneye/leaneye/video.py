@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import msgs
 from .bags import COMPRESSED_SUFFIX, open_bag_writer
-from .errors import LeanEyeError
+from .errors import LeanEyeError, ParameterError
 
 # OpenCV's FFmpeg backend prints the decoder's own complaints ("moov atom not found", "Invalid NAL
 # unit size") to stderr; the errors raised here say what went wrong in one line instead. It reads
@@ -97,16 +97,17 @@ def video_to_bag(
     """
     video = Path(video)
     if fps is not None and not (0 < fps < math.inf):
-        raise LeanEyeError(f"--fps: expected a positive frame rate, got {fps}")
+        raise ParameterError("fps", f"expected a positive frame rate, got {fps}")
     info = video_info(video)
     rate = info.fps if fps is None else float(fps)
     if not rate > 0 or math.isinf(rate):
-        raise LeanEyeError(f"{video}: the video states no frame rate; pass --fps")
+        raise ParameterError("fps", f"{video} states no frame rate; expected one")
     last_ns = int(start_ns) + round(max(info.frame_count - 1, 0) * 1e9 / rate)
     if not 0 <= start_ns <= last_ns < msgs.MAX_STAMP_NS:
-        raise LeanEyeError(
-            f"--start-time/--fps: the {info.frame_count} frames would be stamped up to {last_ns / 1e9:.0f} s "
-            f"after the epoch; ROS 2 stamps hold int32 seconds (before 2038-01-19)"
+        raise ParameterError(
+            "start_ns",
+            f"the {info.frame_count} frames would be stamped up to {last_ns / 1e9:.0f} s "
+            f"after the epoch; ROS 2 stamps hold int32 seconds (before 2038-01-19)",
         )
     raw_topic, compressed_topic = image_topics(topic)
     written = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import decimal
 
+from ..errors import ParameterError
 from .options import add_force_option, add_frame_id_option, add_storage_option, frame_rate, int_in
 
 # The handlers import the bag modules themselves: `leaneye` must start without rosbags installed.
@@ -82,18 +83,21 @@ def _from_video(args: argparse.Namespace) -> int:
     from ..bags import bag_info
     from ..video import image_topics, video_to_bag
 
-    count = video_to_bag(
-        args.video,
-        args.out,
-        topic=args.topic,
-        frame_id=args.frame_id,
-        raw=args.raw,
-        storage=args.storage,
-        force=args.force,
-        fps=args.fps,
-        start_ns=args.start_time,
-        jpeg_quality=args.jpeg_quality,
-    )
+    try:
+        count = video_to_bag(
+            args.video,
+            args.out,
+            topic=args.topic,
+            frame_id=args.frame_id,
+            raw=args.raw,
+            storage=args.storage,
+            force=args.force,
+            fps=args.fps,
+            start_ns=args.start_time,
+            jpeg_quality=args.jpeg_quality,
+        )
+    except ParameterError as exc:
+        raise exc.for_options({"fps": "--fps", "start_ns": "--start-time/--fps"}) from None
     raw_topic, compressed_topic = image_topics(args.topic)
     topics = f"{compressed_topic}" + (f" and {raw_topic}" if args.raw else "")
     print(f"wrote {count} frames on {topics} to {args.out}")

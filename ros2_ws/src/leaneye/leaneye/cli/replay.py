@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_write_text, check_output_path
+from ..errors import ParameterError
 from .options import (
     add_bootstrap_option,
     add_detection_options,
@@ -84,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json is not None:
         check_output_path(args.json, args.force, "--json")
-    report = replay_bag(args.bag, args.engine, options, out=args.out, storage=args.storage, force=args.force)
+    try:
+        report = replay_bag(args.bag, args.engine, options, out=args.out, storage=args.storage, force=args.force)
+    except ParameterError as exc:
+        raise exc.for_options({"out": "--out"}) from None
     print(report.format())
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
