@@ -30,6 +30,10 @@ def image_files(folder: Path) -> list[Path]:
     return found
 
 
+def _not_a_regular_file(path: Path) -> LeanEyeError:
+    return LeanEyeError(f"{path}: not a regular file (a FIFO or device?); expected an image file")
+
+
 def image_paths(sources: list[Path]) -> list[Path]:
     """Image files named directly, plus the images in named directories (sorted by name)."""
     paths = []
@@ -39,7 +43,7 @@ def image_paths(sources: list[Path]) -> list[Path]:
         elif source.is_file():
             paths.append(source)
         elif source.exists():
-            raise LeanEyeError(f"{source}: not a regular file (a FIFO or device?); expected an image file")
+            raise _not_a_regular_file(source)
         else:
             raise LeanEyeError(f"{source}: no such image file or directory")
     return paths
@@ -99,7 +103,7 @@ def decode_image(data: bytes | np.ndarray, source: str | Path) -> np.ndarray:
 def read_image(path: Path) -> tuple[bytes, np.ndarray]:
     """The file's bytes (the compressed frame) and the decoded BGR frame."""
     if path.exists() and not path.is_file():
-        raise LeanEyeError(f"{path}: not a regular file (a FIFO or device?); expected an image file")
+        raise _not_a_regular_file(path)
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -28,19 +28,14 @@ COMMAND_MODULES = [
 ]
 
 
-def parser_with_commands(prog: str, description: str, modules: list[str]) -> argparse.ArgumentParser:
-    """A parser whose subcommands are registered by `modules`; shared with `leaneye-compress`."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leaneye", description="LeanEye runtime: detection on camera frames, bags and videos"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in modules:
+    for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    return parser_with_commands(
-        "leaneye", "LeanEye runtime: detection on camera frames, bags and videos", COMMAND_MODULES
-    )
 
 
 class Terminated(KeyboardInterrupt):
