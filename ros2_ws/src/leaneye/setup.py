@@ -1,4 +1,12 @@
-"""ament_python package `leaneye`; installs the same way with `colcon build` and with `pip install`."""
+"""ament_python package `leaneye`; installs the same way with `colcon build` and with `pip install`.
+
+The launch files live in the repository's top-level launch/ (reached through the `launch` link in
+this folder) and are installed into share/leaneye/launch, so `ros2 launch leaneye detector.launch.py`
+finds them; config/ goes to share/leaneye/config. The nodes' console scripts go to lib/leaneye
+(setup.cfg), where `ros2 run` and launch's Node(package="leaneye", executable=...) look.
+"""
+
+from glob import glob
 
 from setuptools import find_packages, setup
 
@@ -11,6 +19,8 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/leaneye"]),
         ("share/leaneye", ["package.xml"]),
+        ("share/leaneye/launch", sorted(glob("launch/*.launch.py"))),
+        ("share/leaneye/config", sorted(glob("config/*.yaml") + glob("config/*.xml"))),
     ],
     python_requires=">=3.10",
     # Ranges, not pins: the vehicle takes what its ROS distro ships (Humble: NumPy 1.21, OpenCV 4.5).
@@ -22,5 +32,13 @@ setup(
         "eval": ["pycocotools>=2.0.6"],
     },
     zip_safe=True,
-    entry_points={"console_scripts": ["leaneye = leaneye.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "leaneye = leaneye.cli:main",
+            "detector_node = leaneye.ros.detector_node:main",
+            "sim_camera_node = leaneye.ros.sim_camera_node:main",
+            "bag_player_node = leaneye.ros.bag_player_node:main",
+            "bag_recorder_node = leaneye.ros.bag_recorder_node:main",
+        ]
+    },
 )

@@ -84,6 +84,11 @@ class Detector:
     def settings(self) -> DetectionSettings:
         return self.postprocessor.settings
 
+    def update_settings(self, settings: DetectionSettings) -> None:
+        """New thresholds from the next frame on (the detector node's live parameters): the postprocessor
+        is replaced whole, so a frame in progress finishes with the old one."""
+        self.postprocessor = Postprocessor(self.manifest, settings)
+
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.manifest.class_names

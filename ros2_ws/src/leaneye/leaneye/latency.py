@@ -6,6 +6,8 @@ leaneye_msgs/msg/FrameLatency message.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +21,10 @@ PERCENTILES = (50, 90, 99)
 
 @dataclass(frozen=True)
 class FrameLatency:
-    """One frame's timings in milliseconds: the fields of leaneye_msgs/msg/FrameLatency less its header."""
+    """One frame's timings in milliseconds: the fields of leaneye_msgs/msg/FrameLatency less its header.
+
+    The last three are the detector node's (transport and mailbox); `leaneye replay` leaves them 0.
+    """
 
     decode_ms: float
     preprocess_ms: float
@@ -27,6 +32,9 @@ class FrameLatency:
     postprocess_ms: float
     total_ms: float
     num_detections: int
+    receipt_to_publish_ms: float = 0.0
+    age_ms: float = 0.0
+    frames_dropped: int = 0
 
     def timings(self) -> dict[str, float]:
         """The stage -> milliseconds dict that LatencySummary takes."""
@@ -82,3 +90,36 @@ class LatencySummary:
             lines.append(f"{stage:<12}" + "".join(f"{stats[name]:>10.2f}" for name in columns))
         lines.append(f"{self.num_frames} frames in {self.wall_s:.2f} s wall: {self.throughput_fps:.1f} frames/s")
         return "\n".join(lines)
+
+
+class RecentFrames:
+    """The frames published in the last `window_s` seconds: their rate and receipt -> publish
+    percentiles, for the detector node's 1 Hz diagnostics. Thread-safe (worker adds, timer reads)."""
+
+    def __init__(self, window_s: float = 5.0):
+        self.window_s = window_s
+        self._frames: deque[tuple[float, float]] = deque()  # (monotonic seconds, milliseconds)
+        self._lock = threading.Lock()
+
+    def add(self, now_s: float, latency_ms: float) -> None:
+        with self._lock:
+            self._frames.append((now_s, latency_ms))
+            self._forget(now_s)
+
+    def _forget(self, now_s: float) -> None:
+        while self._frames and self._frames[0][0] < now_s - self.window_s:
+            self._frames.popleft()
+
+    def summary(self, now_s: float) -> dict[str, float]:
+        """fps over the window, p50/p99 milliseconds (0 when no frame was published in it)."""
+        with self._lock:
+            self._forget(now_s)
+            values = np.array([ms for _, ms in self._frames], dtype=np.float64)
+        if values.size == 0:
+            return {"fps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "frames": 0}
+        return {
+            "fps": values.size / self.window_s,
+            "p50_ms": float(np.percentile(values, 50)),
+            "p99_ms": float(np.percentile(values, 99)),
+            "frames": int(values.size),
+        }

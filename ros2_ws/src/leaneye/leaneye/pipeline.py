@@ -13,6 +13,7 @@ classes of the `types` provider given. Docs: docs/pipeline.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,10 @@ class FrameProcessor:
     `scoring`, when given, is a second postprocessor (e.g. at the evaluation protocol's settings)
     run on the same backend outputs after the message is built: no second inference, and the
     published detections and latency are exactly those of a run without it.
+
+    `classes` (names) keeps only those classes in what is published; None or empty keeps all. The
+    detector node changes `class_id` and `classes` while it runs (`set_classes`); one frame sees
+    either the old or the new value.
     """
 
     def __init__(
@@ -54,12 +59,25 @@ class FrameProcessor:
         types: msgs.MessageTypes,
         class_id: str = "index",
         scoring: Postprocessor | None = None,
+        classes: Sequence[str] | None = None,
     ):
         check_class_id(class_id)
         self.detector = detector
         self.types = types
         self.class_id = class_id
         self.scoring = scoring
+        self.class_filter: frozenset[int] | None = None
+        self.set_classes(classes)
+
+    def set_classes(self, classes: Sequence[str] | None) -> None:
+        if not classes:
+            self.class_filter = None
+            return
+        names = self.detector.class_names
+        unknown = [name for name in classes if name not in names]
+        if unknown:
+            raise LeanEyeError(f"classes: {', '.join(unknown)} not among the engine's classes ({', '.join(names)})")
+        self.class_filter = frozenset(names.index(name) for name in classes)
 
     def label_info(self, header: Any) -> Any:
         """vision_msgs/msg/LabelInfo: the engine's classes, threshold = the published score threshold."""
@@ -79,6 +97,9 @@ class FrameProcessor:
         """Detect in a BGR frame; `decode_ms` is what turning the image message into pixels took."""
         started = time.perf_counter()
         published = self.detector.detect(image)
+        class_filter = self.class_filter
+        if class_filter is not None:
+            published = published.only(class_filter)
         message = msgs.detection_array_msg(
             header, published.boxes, published.scores, self.class_id_strings(published), types=self.types
         )

@@ -12,6 +12,7 @@ Bags written with this store carry those definitions, so ROS 2 tools can read th
 
 from __future__ import annotations
 
+import array
 import functools
 from collections.abc import Sequence
 from importlib import resources
@@ -160,11 +161,14 @@ def image_msg(
 
 
 def _uint8_data(data: Any) -> np.ndarray:
-    """A uint8[] field as a flat array: rosbags gives ndarrays, rclpy array('B'), hand-made messages bytes."""
+    """A uint8[] field as a flat array: rosbags gives ndarrays, rclpy array('B') (read in place, no
+    copy), hand-made messages bytes or lists."""
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
             raise LeanEyeError(f"data: expected uint8 bytes, got an array of {data.dtype}")
         return data.reshape(-1)
+    if isinstance(data, (array.array, bytes, bytearray, memoryview)):
+        return np.frombuffer(data, dtype=np.uint8)
     return np.frombuffer(bytes(data), dtype=np.uint8)
 
 
@@ -237,13 +241,25 @@ def image_from_compressed_msg(msg: Any) -> np.ndarray:
     return decode_image(data, f"sensor_msgs/CompressedImage.data ({data.size} bytes, format '{msg.format}')")
 
 
+def msgtype_of(msg: Any) -> str:
+    """The full type name of a message of either kind: rosbags' classes say it (`__msgtype__`); an
+    rclpy-generated class lives in `<package>.msg._<snake_name>` and is named after the type."""
+    msgtype = getattr(msg, "__msgtype__", None)
+    if msgtype is not None:
+        return msgtype
+    cls = type(msg)
+    package, kind = cls.__module__.split(".")[:2]
+    return f"{package}/{kind}/{cls.__name__}"
+
+
 def image_from_any_msg(msg: Any) -> np.ndarray:
     """BGR pixels of an Image or a CompressedImage."""
-    if msg.__msgtype__ == COMPRESSED_IMAGE:
+    msgtype = msgtype_of(msg)
+    if msgtype == COMPRESSED_IMAGE:
         return image_from_compressed_msg(msg)
-    if msg.__msgtype__ == IMAGE:
+    if msgtype == IMAGE:
         return image_from_msg(msg)
-    raise LeanEyeError(f"message: expected {IMAGE} or {COMPRESSED_IMAGE}, got {msg.__msgtype__}")
+    raise LeanEyeError(f"message: expected {IMAGE} or {COMPRESSED_IMAGE}, got {msgtype}")
 
 
 def _identity_pose_with_covariance(types: MessageTypes) -> Any:
@@ -360,6 +376,9 @@ def frame_latency_msg(header_msg: Any, latency: FrameLatency, types: MessageType
         postprocess_ms=float(latency.postprocess_ms),
         total_ms=float(latency.total_ms),
         num_detections=int(latency.num_detections),
+        receipt_to_publish_ms=float(latency.receipt_to_publish_ms),
+        age_ms=float(latency.age_ms),
+        frames_dropped=int(latency.frames_dropped),
     )
 
 
@@ -371,4 +390,47 @@ def frame_latency_from_msg(msg: Any) -> FrameLatency:
         postprocess_ms=float(msg.postprocess_ms),
         total_ms=float(msg.total_ms),
         num_detections=int(msg.num_detections),
+        receipt_to_publish_ms=float(msg.receipt_to_publish_ms),
+        age_ms=float(msg.age_ms),
+        frames_dropped=int(msg.frames_dropped),
     )
+
+
+DIAGNOSTIC_LEVELS = ("OK", "WARN", "ERROR", "STALE")
+
+
+def diagnostic_array_msg(
+    header_msg: Any,
+    name: str,
+    hardware_id: str,
+    level: str,
+    message: str,
+    values: dict[str, str],
+    types: MessageTypes | None = None,
+) -> Any:
+    """diagnostic_msgs/msg/DiagnosticArray holding one DiagnosticStatus; `level` is a name of
+    DIAGNOSTIC_LEVELS, read from the class's own constant (a byte in rclpy, an int in rosbags)."""
+    if level not in DIAGNOSTIC_LEVELS:
+        raise LeanEyeError(f"level: expected one of {', '.join(DIAGNOSTIC_LEVELS)}, got '{level}'")
+    types = types or bag_types()
+    status_cls, key_value = types.get("diagnostic_msgs/msg/DiagnosticStatus"), types.get("diagnostic_msgs/msg/KeyValue")
+    status = status_cls(
+        level=getattr(status_cls, level),
+        name=name,
+        message=message,
+        hardware_id=hardware_id,
+        values=[key_value(key=str(key), value=str(value)) for key, value in values.items()],
+    )
+    return types.get("diagnostic_msgs/msg/DiagnosticArray")(header=header_msg, status=[status])
+
+
+def diagnostic_values(msg: Any) -> dict[str, str]:
+    """key -> value of a DiagnosticArray's first status."""
+    return {entry.key: entry.value for entry in msg.status[0].values}
+
+
+def clock_msg(stamp_ns: int, types: MessageTypes | None = None) -> Any:
+    """rosgraph_msgs/msg/Clock: what /clock carries for nodes with use_sim_time."""
+    types = types or bag_types()
+    stamp = header(stamp_ns, "", types).stamp
+    return types.get("rosgraph_msgs/msg/Clock")(clock=stamp)

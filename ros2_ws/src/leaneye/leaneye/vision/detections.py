@@ -25,3 +25,10 @@ class Detections:
     def names(self) -> tuple[str, ...]:
         """The class name of each detection."""
         return tuple(self.class_names[i] for i in self.class_ids)
+
+    def only(self, class_ids: frozenset[int]) -> Detections:
+        """The detections of these classes alone (same timings)."""
+        keep = np.isin(self.class_ids, list(class_ids))
+        return Detections(
+            self.boxes[keep], self.scores[keep], self.class_ids[keep], self.class_names, self.image_size, self.timings
+        )

@@ -1,0 +1,1 @@
+"""ROS 2 tests (a package, so its conftest does not shadow tests/conftest.py as `conftest`)."""
