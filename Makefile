@@ -75,11 +75,9 @@ lint-py310: $(STAMP)
 	$(VENV)/bin/vermin --no-tips --violations -t=3.10- --eval-annotations ros2_ws/src/leaneye/leaneye compression/leaneye_compress
 
 # constraints.txt is the one pin file: its `# numpy1: NAME==VERSION` lines replace NAME's pin here.
-$(STAMP1): constraints.txt pyproject.toml ros2_ws/src/leaneye/setup.py
+$(STAMP1): constraints.txt constraints-numpy1.awk pyproject.toml ros2_ws/src/leaneye/setup.py
 	@test -x $(PY1) || $(PYTHON_NUMPY1) -m venv $(VENV1)
-	awk 'NR == FNR { if (sub(/^# numpy1: /, "")) { split($$0, pin, "=="); override[tolower(pin[1])] = $$0 } next } \
-	     /^[A-Za-z0-9]/ { split($$0, pin, "=="); if (tolower(pin[1]) in override) next } \
-	     { print } END { for (name in override) print override[name] }' constraints.txt constraints.txt > $(VENV1)/constraints.txt
+	awk -f constraints-numpy1.awk constraints.txt constraints.txt > $(VENV1)/constraints.txt
 	@echo "Installing the runtime core and torch-free offline half into $(VENV1) ($$($(PY1) --version), under a minute)..."
 	$(PY1) $(PIP_INSTALL) -c $(VENV1)/constraints.txt -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" -e . pytest $(PIP_FILTER)
 	@touch $(STAMP1)
