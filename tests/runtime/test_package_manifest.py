@@ -150,9 +150,12 @@ def image_path(instructions: list[tuple[str, str]], repo_path: str) -> PurePosix
             flags = [word for word in arguments.split() if word.startswith("--")]
             if any(flag.startswith("--from=") for flag in flags):
                 continue
-            source, destination = arguments.split()[len(flags) :]
-            if repo_path == source or repo_path.startswith(source.rstrip("/") + "/"):
-                found = workdir / destination / PurePosixPath(repo_path).relative_to(source)
+            *sources, destination = arguments.split()[len(flags) :]
+            for source in sources:
+                if repo_path == source or repo_path.startswith(source.rstrip("/") + "/"):
+                    # Several sources go into the destination folder, each under its own name.
+                    target = workdir / destination / (PurePosixPath(source).name if len(sources) > 1 else "")
+                    found = target / PurePosixPath(repo_path).relative_to(source)
     return found
 
 
