@@ -34,7 +34,13 @@ def shared_fixtures() -> Path:
     return shared_fixtures_dir()
 
 
+# The ROS 2 tests (run in .venv-ros, which has no torch) drive the vehicle side alone: never torch.
+ROS_TESTS = REPO_ROOT / "tests" / "ros"
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if ROS_TESTS in collection_path.parents:
+        return None
     if WITHOUT_TORCH and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
         text = collection_path.read_text(encoding="utf-8")
         if not any(marker in text for marker in TORCH_FREE_MARKERS):

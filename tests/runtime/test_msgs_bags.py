@@ -80,7 +80,10 @@ def _cdr_round_trip(msg):
     return store.deserialize_cdr(store.serialize_cdr(msg, msg.__msgtype__), msg.__msgtype__)
 
 
-@pytest.mark.parametrize("encoding, step", [("bgr8", 20), ("bgr8", None), ("rgb8", None), ("mono8", 8)])
+@pytest.mark.parametrize(
+    "encoding, step",
+    [("bgr8", 20), ("bgr8", None), ("rgb8", None), ("bgra8", None), ("rgba8", 24), ("mono8", 8)],
+)
 def test_image_round_trip(encoding, step):
     msg = _cdr_round_trip(msgs.image_msg(BGR, STAMP, "cam", encoding=encoding, step=step))
     assert (msg.encoding, msg.height, msg.width, msgs.stamp_to_ns(msg.header.stamp)) == (encoding, 6, 5, STAMP)
@@ -93,6 +96,13 @@ def test_image_round_trip(encoding, step):
 def test_rgb8_bytes_are_in_rgb_order():
     msg = msgs.image_msg(BGR, STAMP, "cam", encoding="rgb8")
     assert np.array_equal(np.asarray(msg.data).reshape(6, 5, 3), BGR[..., ::-1])
+
+
+def test_four_channel_encodings_carry_alpha_last():
+    """bgra8 (CARLA's ROS bridge camera) and rgba8: colour in their order, then an opaque alpha."""
+    for encoding, colour in (("bgra8", BGR), ("rgba8", BGR[..., ::-1])):
+        data = np.asarray(msgs.image_msg(BGR, STAMP, "cam", encoding=encoding).data).reshape(6, 5, 4)
+        assert np.array_equal(data[..., :3], colour) and (data[..., 3] == 255).all()
 
 
 @pytest.mark.parametrize(

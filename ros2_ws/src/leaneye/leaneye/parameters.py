@@ -7,7 +7,7 @@ and docs/ros.md name the same parameters. ROS-free, so they are tested without a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,16 +97,24 @@ DETECTOR_PARAMETERS: tuple[ParameterSpec, ...] = (
 PARAMETERS_BY_NAME = {spec.name: spec for spec in DETECTOR_PARAMETERS}
 
 
-def check_parameters(values: dict[str, Any], class_names: Sequence[str] | None = None) -> str | None:
-    """The first reason any of `values` (name -> value) is not acceptable, or None. With the engine's
-    `class_names`, `classes` must name classes it has."""
-    for name, value in values.items():
-        spec = PARAMETERS_BY_NAME.get(name)
-        if spec is None:
-            return f"{name}: not a parameter of the detector node"
-        problem = spec.check(value)
+def first_problem(specs: Sequence[ParameterSpec], values: Mapping[str, Any]) -> str | None:
+    """The first reason one of `values` (every spec's name -> value) does not fit its spec, or None."""
+    for spec in specs:
+        problem = spec.check(values[spec.name])
         if problem is not None:
             return problem
+    return None
+
+
+def check_parameters(values: dict[str, Any], class_names: Sequence[str] | None = None) -> str | None:
+    """The first reason any of the detector node's `values` (some names -> values) is not acceptable, or
+    None. With the engine's `class_names`, `classes` must name classes it has."""
+    unknown = [name for name in values if name not in PARAMETERS_BY_NAME]
+    if unknown:
+        return f"{unknown[0]}: not a parameter of the detector node"
+    problem = first_problem([PARAMETERS_BY_NAME[name] for name in values], values)
+    if problem is not None:
+        return problem
     if class_names is not None and values.get("classes"):
         unknown = [name for name in values["classes"] if name not in class_names]
         if unknown:

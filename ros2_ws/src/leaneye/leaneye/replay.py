@@ -38,10 +38,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,10 +49,11 @@ from . import msgs
 from .atomic import check_output_path
 from .errors import LeanEyeError, ParameterError
 from .eval.protocol import EVAL_PROTOCOL
-from .latency import LatencySummary
+from .latency import FrameLatency, LatencySummary
 from .pipeline import FrameProcessor, check_class_id
 from .scenes.dataset import GROUND_TRUTH_TOPIC, IGNORE_TOPIC
 from .scenes.dataset import LABEL_INFO_TOPIC as TRUTH_LABEL_INFO_TOPIC
+from .vision.detections import Detections
 from .vision.postprocess import DetectionSettings, NonFiniteOutputs, Postprocessor
 
 DEFAULT_TOPIC = "/camera/image_raw"
@@ -110,9 +111,15 @@ def read_ground_truth(reader) -> BagTruth | None:
             f"{reader.path}: {GROUND_TRUTH_TOPIC} needs its class map on {TRUTH_LABEL_INFO_TOPIC}, which the bag lacks"
         )
     topics = [GROUND_TRUTH_TOPIC, TRUTH_LABEL_INFO_TOPIC] + ([IGNORE_TOPIC] if IGNORE_TOPIC in reader.topics else [])
+    return ground_truth_from_messages(((topic, msg) for topic, _, msg in reader.messages(topics)), str(reader.path))
+
+
+def ground_truth_from_messages(messages: Iterable[tuple[str, Any]], source: str) -> BagTruth:
+    """The truth in (topic, message) pairs of the generator's truth topics (a bag's, or a recorder's);
+    `source` names where they came from in errors."""
     class_map: dict[int, str] = {}
-    parts: dict[int, list] = {}  # stamp -> [(boxes, class ids, ignored)]
-    for topic, _, msg in reader.messages(topics):
+    parts: dict[int, list] = {}  # stamp -> [(topic, boxes, class ids, ignored)]
+    for topic, msg in messages:
         if topic == TRUTH_LABEL_INFO_TOPIC:
             class_map.update(msgs.class_names_from_label_info(msg))
             continue
@@ -121,7 +128,7 @@ def read_ground_truth(reader) -> BagTruth | None:
             (topic, boxes, class_ids, topic == IGNORE_TOPIC)
         )
     if not class_map:
-        raise LeanEyeError(f"{reader.path}: topic {TRUTH_LABEL_INFO_TOPIC}: no class map")
+        raise LeanEyeError(f"{source}: topic {TRUTH_LABEL_INFO_TOPIC}: no class map")
     by_stamp = {}
     for stamp, pieces in parts.items():
         names, ignore = [], []
@@ -130,7 +137,7 @@ def read_ground_truth(reader) -> BagTruth | None:
                 name = class_map.get(int(class_id)) if class_id.isdigit() else None
                 if name is None:
                     raise LeanEyeError(
-                        f"{reader.path}: topic {topic}: class_id '{class_id}' is not in the class map "
+                        f"{source}: topic {topic}: class_id '{class_id}' is not in the class map "
                         f"of {TRUTH_LABEL_INFO_TOPIC}"
                     )
                 names.append(name)
@@ -142,6 +149,15 @@ def read_ground_truth(reader) -> BagTruth | None:
 
 # ---------------------------------------------------------------------------------------------
 # The replay
+
+
+class FrameRecord(NamedTuple):
+    """One frame that came back with detections: what a ReplayReport is built from."""
+
+    stamp_ns: int  # the image header's stamp: matched to the ground truth
+    image_size: tuple[int, int] | None  # (height, width); None where unknown (a recorder sees no images)
+    scored: Detections | None  # what is scored against the truth (None when nothing is scored)
+    latency: FrameLatency
 
 
 @dataclass
@@ -157,6 +173,31 @@ class ReplayReport:
     settings: dict  # what was published, and what was scored
     evaluation: Any = None  # leaneye.evaluation.EvalResult when the bag carries ground truth
     frames_without_truth: int = 0
+
+    @classmethod
+    def from_frames(
+        cls,
+        frames: Sequence[FrameRecord],
+        wall_s: float,
+        truth: BagTruth | None,
+        class_names: Sequence[str],
+        bootstrap: int,
+        seed: int,
+        **fields: Any,
+    ):
+        """The report of `frames` (latency, detections, and the scores when there is truth); `fields`
+        are the remaining ones (bag, topic, engine, out, bad_frames, settings, and a subclass's)."""
+        evaluation, missing = (
+            score_frames(frames, truth, class_names, bootstrap, seed) if truth is not None else (None, 0)
+        )
+        return cls(
+            frames=len(frames),
+            detections=sum(frame.latency.num_detections for frame in frames),
+            latency=LatencySummary([frame.latency.timings() for frame in frames], wall_s),
+            evaluation=evaluation,
+            frames_without_truth=missing,
+            **fields,
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -178,26 +219,15 @@ class ReplayReport:
 
     def format(self) -> str:
         published = self.settings["published"]
-        lines = [
-            f"{self.bag} {self.topic}: {self.frames} frames through {self.engine}, "
-            f"{len(self.bad_frames)} bad frames skipped"
-        ]
-        lines += [
-            f"  skipped message {bad.index} (log time {bad.log_time_ns} ns): {bad.reason}"
-            for bad in self.bad_frames[:_BAD_FRAMES_LISTED]
-        ]
-        if len(self.bad_frames) > _BAD_FRAMES_LISTED:
-            lines.append(f"  ... and {len(self.bad_frames) - _BAD_FRAMES_LISTED} more")
+        lines = self._heading_lines()
         lines.append(
             f"{self.detections} detections published (score >= {published['conf']}, NMS IoU {published['iou']}, "
             f"class_id as {published['class_id']})"
         )
-        lines.append(self.latency.format_table())
+        lines += self._latency_lines()
         if self.evaluation is not None:
-            scored = self.settings["scored"]
             lines.append(
-                f"accuracy on the bag's ground truth (shared/EVAL.md generated scenes: score >= "
-                f"{scored['conf']}, NMS IoU {scored['iou']}, at most {scored['max_detections']} per frame)"
+                self._accuracy_heading()
                 + (
                     f"; {self.frames_without_truth} frames without truth not scored"
                     if self.frames_without_truth
@@ -209,22 +239,48 @@ class ReplayReport:
             lines.append(f"wrote {self.out}")
         return "\n".join(lines)
 
+    def _heading_lines(self) -> list[str]:
+        lines = [
+            f"{self.bag} {self.topic}: {self.frames} frames through {self.engine}, "
+            f"{len(self.bad_frames)} bad frames skipped"
+        ]
+        lines += [
+            f"  skipped message {bad.index} (log time {bad.log_time_ns} ns): {bad.reason}"
+            for bad in self.bad_frames[:_BAD_FRAMES_LISTED]
+        ]
+        if len(self.bad_frames) > _BAD_FRAMES_LISTED:
+            lines.append(f"  ... and {len(self.bad_frames) - _BAD_FRAMES_LISTED} more")
+        return lines
 
-def _scored(frames: Sequence, truth: BagTruth, names: Sequence[str], options: ReplayOptions):
-    """EVAL.md scoring of (stamp, (height, width), Detections) per replayed frame that has truth."""
+    def _latency_lines(self) -> list[str]:
+        return [self.latency.format_table()]
+
+    def _accuracy_heading(self) -> str:
+        scored = self.settings["scored"]
+        return (
+            f"accuracy on the bag's ground truth (shared/EVAL.md generated scenes: score >= "
+            f"{scored['conf']}, NMS IoU {scored['iou']}, at most {scored['max_detections']} per frame)"
+        )
+
+
+def score_frames(frames: Sequence[FrameRecord], truth: BagTruth, names: Sequence[str], bootstrap: int, seed: int):
+    """EVAL.md scoring of each frame's `scored` detections against the truth of its stamp; returns
+    (EvalResult, number of frames without truth). `names` are the detector's classes, in index order."""
     from .eval import GroundTruth, ImageDetections, ImageTruth, evaluate
 
     images, detections, missing = [], {}, 0
-    for stamp, (height, width), found in frames:
-        frame_truth = truth.by_stamp.get(stamp)
+    for frame in frames:
+        frame_truth = truth.by_stamp.get(frame.stamp_ns)
         if frame_truth is None:
             missing += 1
             continue
+        # The image size only labels COCO's image entry; no score depends on it.
+        height, width = frame.image_size or (0, 0)
         image_id = len(images)
         images.append(
             ImageTruth(
                 image_id,
-                f"stamp {stamp}",
+                f"stamp {frame.stamp_ns}",
                 width,
                 height,
                 frame_truth.boxes,
@@ -232,10 +288,11 @@ def _scored(frames: Sequence, truth: BagTruth, names: Sequence[str], options: Re
                 frame_truth.ignore,
             )
         )
+        found = frame.scored
         detections[image_id] = ImageDetections.from_class_ids(found.boxes, found.scores, found.class_ids, names)
     if not images:
         raise LeanEyeError(f"{GROUND_TRUTH_TOPIC}: no ground truth shares a header stamp with the {len(frames)} frames")
-    result = evaluate(GroundTruth(images, truth.classes), detections, bootstrap=options.bootstrap, seed=options.seed)
+    result = evaluate(GroundTruth(images, truth.classes), detections, bootstrap=bootstrap, seed=seed)
     return result, missing
 
 
@@ -295,7 +352,7 @@ def replay_bag(
             ):
                 writer.add_topic(name, msgtype)
 
-        timings, bad_frames, scored, detections = [], [], [], 0
+        records, bad_frames = [], []
         bar = stack.enter_context(
             tqdm(total=reader.counts[topic], desc="replay", unit="frame", file=sys.stderr, disable=not progress)
         )
@@ -313,24 +370,20 @@ def replay_bag(
                     f"{engine_dir}: on {bag} {topic} message {index} (stamp {item.stamp_ns} ns): {exc}"
                 ) from None
             if writer is not None:
-                if not timings:
+                if not records:
                     writer.write(LABEL_INFO_TOPIC, item.log_time_ns, processor.label_info(item.header))
                 writer.write(DETECTIONS_TOPIC, item.log_time_ns, frame.message)
                 writer.write(LATENCY_TOPIC, item.log_time_ns, processor.latency_msg(item.header, frame.latency))
-            timings.append(frame.latency.timings())
-            detections += frame.latency.num_detections
-            if truth is not None:
-                scored.append((item.stamp_ns, item.image.shape[:2], frame.scored))
+            records.append(FrameRecord(item.stamp_ns, item.image.shape[:2], frame.scored, frame.latency))
         wall_s = time.perf_counter() - started
         bar.close()
-        if not timings:
+        if not records:
             if bad_frames:
                 raise LeanEyeError(
                     f"{bag}: topic {topic}: none of its {len(bad_frames)} frames decodes "
                     f"(first: {bad_frames[0].reason})"
                 )
             raise LeanEyeError(f"{bag}: topic {topic} holds no frames")
-        evaluation, missing = _scored(scored, truth, detector.class_names, options) if truth is not None else (None, 0)
         settings = {
             "published": {
                 "conf": published.conf,
@@ -342,16 +395,17 @@ def replay_bag(
             "scored": None if scoring is None else EVAL_PROTOCOL.detector_settings(),
         }
         # Returned inside the block: the output bag is renamed into place only after scoring succeeded.
-        return ReplayReport(
+        return ReplayReport.from_frames(
+            records,
+            wall_s,
+            truth,
+            detector.class_names,
+            options.bootstrap,
+            options.seed,
             bag=str(bag),
             topic=topic,
             engine=str(engine_dir),
             out=None if out is None else str(out),
-            frames=len(timings),
             bad_frames=bad_frames,
-            detections=detections,
-            latency=LatencySummary(timings, wall_s),
             settings=settings,
-            evaluation=evaluation,
-            frames_without_truth=missing,
         )

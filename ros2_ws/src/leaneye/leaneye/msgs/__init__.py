@@ -51,8 +51,24 @@ MESSAGE_DEFINITIONS = {
     FRAME_LATENCY: "FrameLatency.msg",
 }
 
-# Encodings of sensor_msgs/Image that image_from_msg reads, with their channel count.
-IMAGE_ENCODINGS = {"bgr8": 3, "rgb8": 3, "mono8": 1}
+# Encodings of sensor_msgs/Image that image_from_msg reads (and image_msg writes), with their channel
+# count. bgra8 is what CARLA's ROS bridge publishes.
+IMAGE_ENCODINGS = {"bgr8": 3, "rgb8": 3, "bgra8": 4, "rgba8": 4, "mono8": 1}
+# OpenCV conversions from each encoding to BGR and back (None: the pixels are BGR already).
+_TO_BGR = {
+    "bgr8": None,
+    "rgb8": cv2.COLOR_RGB2BGR,
+    "bgra8": cv2.COLOR_BGRA2BGR,
+    "rgba8": cv2.COLOR_RGBA2BGR,
+    "mono8": cv2.COLOR_GRAY2BGR,
+}
+_FROM_BGR = {
+    "bgr8": None,
+    "rgb8": cv2.COLOR_BGR2RGB,
+    "bgra8": cv2.COLOR_BGR2BGRA,
+    "rgba8": cv2.COLOR_BGR2RGBA,
+    "mono8": cv2.COLOR_BGR2GRAY,
+}
 
 _NS_PER_S = 1_000_000_000
 MAX_STAMP_NS = 2**31 * _NS_PER_S  # builtin_interfaces/msg/Time holds int32 seconds
@@ -123,7 +139,7 @@ def image_msg(
 ) -> Any:
     """sensor_msgs/msg/Image from a BGR uint8 (H, W, 3) image (or (H, W) gray for mono8).
 
-    The pixels are converted to `encoding` (bgr8, rgb8, mono8). `step` (bytes per row) may exceed
+    The pixels are converted to `encoding` (one of IMAGE_ENCODINGS; alpha = 255). `step` (bytes per row) may exceed
     width * channels: rows are then padded, as some camera drivers do.
     """
     if encoding not in IMAGE_ENCODINGS:
@@ -135,12 +151,12 @@ def image_msg(
         )
     if image.ndim == 3 and image.shape[2] != 3:
         raise LeanEyeError(f"image: expected 3 channels (BGR), got shape {image.shape}")
-    if encoding == "mono8":
-        pixels = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if encoding == "mono8" and image.ndim == 2:
+        pixels = image
     elif image.ndim == 2:
         raise LeanEyeError(f"image: {encoding} needs a BGR (H, W, 3) image, got gray {image.shape}")
     else:
-        pixels = image if encoding == "bgr8" else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        pixels = image if _FROM_BGR[encoding] is None else cv2.cvtColor(image, _FROM_BGR[encoding])
     height, width = pixels.shape[:2]
     row_bytes = width * IMAGE_ENCODINGS[encoding]
     step = row_bytes if step is None else int(step)
@@ -173,7 +189,7 @@ def _uint8_data(data: Any) -> np.ndarray:
 
 
 def image_from_msg(msg: Any) -> np.ndarray:
-    """BGR uint8 (H, W, 3) pixels of a sensor_msgs/msg/Image in bgr8, rgb8 or mono8.
+    """BGR uint8 (H, W, 3) pixels of a sensor_msgs/msg/Image in one of IMAGE_ENCODINGS (alpha dropped).
 
     Row padding (step > width * channels) is dropped. The result may be a read-only view of msg.data.
     """
@@ -194,11 +210,7 @@ def image_from_msg(msg: Any) -> np.ndarray:
             f"sensor_msgs/Image.data: {data.size} bytes, expected step * height = {step} * {height} = {step * height}"
         )
     pixels = data.reshape(height, step)[:, : width * channels].reshape(height, width, channels)
-    if encoding == "bgr8":
-        return pixels
-    if encoding == "rgb8":
-        return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    return pixels if _TO_BGR[encoding] is None else cv2.cvtColor(pixels, _TO_BGR[encoding])
 
 
 _ENCODE_EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}

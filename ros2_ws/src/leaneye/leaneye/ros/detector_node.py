@@ -25,13 +25,8 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from leaneye_msgs.msg import FrameLatency
-from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    ParameterType,
-    SetParametersResult,
-)
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -44,40 +39,23 @@ from ..detector import Detector
 from ..errors import LeanEyeError, first_line
 from ..latency import RecentFrames
 from ..mailbox import FrameMailbox
-from ..parameters import DETECTOR_PARAMETERS, ParameterSpec, check_parameters
+from ..parameters import DETECTOR_PARAMETERS, PARAMETERS_BY_NAME, check_parameters
 from ..pipeline import FrameProcessor
 from ..vision.annotate import draw_detections
 from ..vision.postprocess import DetectionSettings
+from .node_support import declare_parameters, parameter_value
 
 NODE_NAME = "leaneye"  # ~/detections is then /leaneye/detections, as `leaneye replay` writes it
 NO_IMAGE_WARNING_S = 5.0  # say once that the image topic is silent after this long (and keep waiting)
 DIAGNOSTICS_PERIOD_S = 1.0
 _TAKE_TIMEOUT_S = 0.5  # the worker wakes this often to notice deactivation
-_ROS_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER}
-_ROS_TYPES |= {float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
-_ROS_TYPES |= {tuple: ParameterType.PARAMETER_STRING_ARRAY}
 _THRESHOLDS = {"conf_threshold": "conf", "iou_threshold": "iou", "max_detections": "max_detections"}
-
-
-def descriptor(spec: ParameterSpec) -> ParameterDescriptor:
-    """The ROS 2 descriptor of one of leaneye.parameters' specs: type, range, read-only, description."""
-    text = spec.description + (f" ({spec.range_text})" if spec.range_text else "")
-    extra: dict[str, Any] = {}
-    if isinstance(spec.default, float):
-        extra["floating_point_range"] = [FloatingPointRange(from_value=spec.low, to_value=spec.high, step=0.0)]
-    elif isinstance(spec.default, int) and not isinstance(spec.default, bool) and spec.low is not None:
-        extra["integer_range"] = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
-    return ParameterDescriptor(
-        name=spec.name, type=_ROS_TYPES[type(spec.default)], description=text, read_only=not spec.live, **extra
-    )
 
 
 class DetectorNode(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        for spec in DETECTOR_PARAMETERS:
-            default = Parameter.Type.STRING_ARRAY if spec.default == () else spec.default
-            self.declare_parameter(spec.name, default, descriptor(spec))
+        declare_parameters(self, DETECTOR_PARAMETERS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.types = msgs.GeneratedTypes()
         self.detector: Detector | None = None
@@ -94,12 +72,10 @@ class DetectorNode(LifecycleNode):
         self._said_no_image = False
         self._image_topic = ""
         if self._param("autostart"):
-            self._start_timer = self.create_timer(0.0, self._autostart)
+            self._start_timer = self.create_timer(0.0, self._autostart, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _param(self, name: str) -> Any:
-        # An empty string array can only be declared by type: it then reads as uninitialised.
-        value = self.get_parameter_or(name, Parameter(name, value=None)).value
-        return tuple(value or ()) if name == "classes" else value
+        return parameter_value(self, PARAMETERS_BY_NAME[name])
 
     def _autostart(self) -> None:
         self.destroy_timer(self._start_timer)
@@ -158,9 +134,12 @@ class DetectorNode(LifecycleNode):
         self._said_no_image = False
         self._worker = threading.Thread(target=self._work, args=(self._mailbox,), name="leaneye-inference", daemon=True)
         self._worker.start()
+        # Steady clocks: under use_sim_time the node's clock stands still until /clock arrives, and a
+        # bag player waits for this subscription before it sends any.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._running_timers = [
-            self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics),
-            self.create_timer(0.5, self._watch_input),
+            self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, clock=steady),
+            self.create_timer(0.5, self._watch_input, clock=steady),
         ]
         self._watch_input()
         return result

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -28,6 +29,9 @@ from ..atomic import atomic_path
 from ..errors import LeanEyeError
 from .classes import COCO_IDS, SCENE_CLASSES
 from .render import MIN_LABEL_HEIGHT_PX, SceneFrame
+
+if TYPE_CHECKING:
+    from ..msgs.types import MessageTypes
 
 IMAGE_TOPIC = "/camera/image_raw"
 GROUND_TRUTH_TOPIC = "/ground_truth/detections"
@@ -141,10 +145,13 @@ def scene_ground_truth(frames: Iterable[SceneFrame]):
     return GroundTruth(images, SCENE_CLASSES)
 
 
-def _ground_truth_messages(frame: SceneFrame, frame_id: str):
+def ground_truth_messages(frame: SceneFrame, frame_id: str, types: MessageTypes | None = None):
+    """(header, Detection2DArray of the labelled objects, Detection2DArray of the ignore regions) of a
+    frame, stamped with its stamp: what a scene bag and the simulated camera publish; `types` as in
+    leaneye.msgs (default: the rosbags typestore)."""
     from .. import msgs
 
-    head = msgs.header(frame.stamp_ns, frame_id)
+    head = msgs.header(frame.stamp_ns, frame_id, types)
     split = {False: [], True: []}
     for obj in frame.objects:
         split[obj.ignore].append(obj)
@@ -153,7 +160,12 @@ def _ground_truth_messages(frame: SceneFrame, frame_id: str):
         boxes = np.array([o.box for o in objs], dtype=np.float64).reshape(-1, 4)
         out.append(
             msgs.detection_array_msg(
-                head, boxes, [1.0] * len(objs), [str(o.class_id) for o in objs], [str(o.track_id) for o in objs]
+                head,
+                boxes,
+                [1.0] * len(objs),
+                [str(o.class_id) for o in objs],
+                [str(o.track_id) for o in objs],
+                types=types,
             )
         )
     return head, out[0], out[1]
@@ -191,7 +203,7 @@ def write_scene_dataset(
                     {"id": frame.index, "file_name": name, "width": width, "height": height, "stamp_ns": frame.stamp_ns}
                 )
                 annotations += coco_annotations(frame, frame.index, len(annotations) + 1)
-                head, truth, ignored = _ground_truth_messages(frame, frame_id)
+                head, truth, ignored = ground_truth_messages(frame, frame_id)
                 if not stats.frames:
                     bag.write(LABEL_INFO_TOPIC, frame.stamp_ns, msgs.label_info_msg(head, SCENE_CLASSES))
                 bag.write(IMAGE_TOPIC, frame.stamp_ns, msgs.image_msg(frame.image, frame.stamp_ns, frame_id))
