@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -110,5 +109,3 @@ def ros_env(**extra: str) -> dict[str, str]:
     """The environment for a ROS 2 subprocess: this one (sourced setup.bash), loopback discovery."""
     return {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "PYTHONUNBUFFERED": "1", **extra}
 
-
-PYTHON = sys.executable

@@ -8,7 +8,9 @@ loopback DDS. config/detector.yaml is checked against leaneye/parameters.py.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -445,3 +447,18 @@ def test_detector_launch_with_autostart_false_waits_for_configure_and_activate(g
         listener.wait(topic, 5)
         graph.spin_for(0.5)
     assert_answers(detections, truth, at_least=5)
+
+
+def test_the_dockerfile_command_passes_arguments_the_launch_file_declares():
+    """The image's CMD (`ros2 launch leaneye detector.launch.py engine:=/engine`) against what the
+    installed launch file declares, as `ros2 launch --show-args` lists it."""
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    [cmd] = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
+    words = json.loads(cmd[len("CMD ") :])
+    shown = subprocess.run(
+        [*words[:4], "--show-args"], env=ros_env(), capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    declared = set(re.findall(r"^    '([a-z_]+)':$", shown, flags=re.M))
+    assert {"engine", "image_topic", "autostart", "use_sim_time"} <= declared, shown
+    passed = {word.split(":=")[0] for word in words[4:]}
+    assert passed and passed <= declared, (passed, declared)
