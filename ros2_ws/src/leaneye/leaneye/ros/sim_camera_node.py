@@ -26,7 +26,7 @@ import time
 
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock as ClockMsg
@@ -165,13 +165,7 @@ class SimCameraNode(Node):
         self._executor = SingleThreadedExecutor(context=self.context)
         self._executor.add_node(self)
         while not (self.done and self.values["shutdown_when_done"]):
-            try:
-                self._executor.spin_once(timeout_sec=_SPIN_S)
-            except Exception:
-                if self.context.ok():
-                    raise
-                # Ctrl-C shuts the context down, possibly under a frame being published.
-                raise ExternalShutdownException() from None
+            self._executor.spin_once(timeout_sec=_SPIN_S)
         for publisher in self.publishers:
             publisher.wait_for_all_acked(_ACK_TIMEOUT)
         return 0
