@@ -108,4 +108,3 @@ def scene_engine(tmp_path_factory) -> Path:
 def ros_env(**extra: str) -> dict[str, str]:
     """The environment for a ROS 2 subprocess: this one (sourced setup.bash), loopback discovery."""
     return {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "PYTHONUNBUFFERED": "1", **extra}
-
