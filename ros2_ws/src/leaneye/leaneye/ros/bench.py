@@ -41,7 +41,7 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from leaneye_msgs.msg import FrameLatency
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.logging import LoggingSeverity
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -54,6 +54,7 @@ from ..detector import Detector
 from ..errors import LeanEyeError, first_line
 from ..latency import PERCENTILES
 from . import detector_node
+from .node_support import spin_until_shutdown
 
 RELIABILITIES = ("reliable", "best_effort")
 IMAGE_TOPIC = "/leaneye_bench/image_raw"
@@ -463,19 +464,6 @@ class Peer:
 # --- the peers ---------------------------------------------------------------------------------
 
 
-def serve(node_factory: Callable[[], Any]) -> None:
-    """Spin the node `node_factory()` makes until SIGINT, as detector_node's main does."""
-    rclpy.init()
-    node = node_factory()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-
-
 def echo_node(reliability: str) -> Any:
     """A node that answers each image on IMAGE_TOPIC with a sensor_msgs/TimeReference: the image's
     header and, as time_ref, CLOCK_MONOTONIC when its callback started."""
@@ -502,9 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     roles.add_parser("detector", help="the detector node (its parameters after --ros-args)")
     args, _ = parser.parse_known_args(argv)  # rclpy reads --ros-args from sys.argv itself
     if args.role == "detector":
-        serve(detector_node.DetectorNode)
+        spin_until_shutdown(detector_node.DetectorNode)
     elif args.role == "echo":
-        serve(functools.partial(echo_node, args.reliability))
+        spin_until_shutdown(functools.partial(echo_node, args.reliability))
     else:
         fields = json.loads(args.config)
         config = BenchConfig(**{**fields, "modes": tuple(fields["modes"])})

@@ -22,12 +22,10 @@ import threading
 import time
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from leaneye_msgs.msg import FrameLatency
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -43,7 +41,7 @@ from ..parameters import DETECTOR_PARAMETERS, PARAMETERS_BY_NAME, check_paramete
 from ..pipeline import FrameProcessor
 from ..vision.annotate import draw_detections
 from ..vision.postprocess import DetectionSettings
-from .node_support import declare_parameters, parameter_value
+from .node_support import declare_parameters, parameter_value, spin_until_shutdown
 
 NODE_NAME = "leaneye"  # ~/detections is then /leaneye/detections, as `leaneye replay` writes it
 NO_IMAGE_WARNING_S = 5.0  # say once that the image topic is silent after this long (and keep waiting)
@@ -336,12 +334,4 @@ class DetectorNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = DetectorNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_shutdown(DetectorNode, args)

@@ -53,6 +53,20 @@ def parameter_value(node: Node, spec: ParameterSpec) -> Any:
     return tuple(value or ()) if isinstance(spec.default, tuple) else value
 
 
+def spin_until_shutdown(make_node: Callable[[], Any], args: list[str] | None = None) -> None:
+    """Spin the node `make_node()` makes until Ctrl-C or an external shutdown (a node that never ends
+    by itself: the detector)."""
+    rclpy.init(args=args)
+    node = make_node()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
 def run_to_completion(make_node: Callable[[], Any], name: str, args: list[str] | None) -> int:
     """Create the node (a bad parameter override: one line, 1), `run()` it and return its exit code;
     on Ctrl-C or an external shutdown, `interrupted()`'s."""
