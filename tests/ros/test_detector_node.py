@@ -198,10 +198,15 @@ def test_a_burst_faster_than_inference_keeps_the_newest_frame_counts_drops_and_m
     client = Client(graph)
     client.wait_subscribed(client.images)
     image = scene_frames(1)[0].image
-    started = time.perf_counter()
-    client.send(image, 1)
-    client.wait_detections(1)
-    inference_s = time.perf_counter() - started
+    # The warm round trip (the first one includes ONNX Runtime's first-run set-up, which
+    # made the burst slower than the detector on a fast runner).
+    round_trips = []
+    for stamp in (1, 2, 3):
+        started = time.perf_counter()
+        client.send(image, stamp)
+        client.wait_detections(stamp)
+        round_trips.append(time.perf_counter() - started)
+    inference_s = min(round_trips)
 
     def burst(first: int, count: int) -> int:
         # 3x the rate the detector manages: a frame every third of an inference.
@@ -213,15 +218,15 @@ def test_a_burst_faster_than_inference_keeps_the_newest_frame_counts_drops_and_m
             assert graph.spin_until(lambda received=received: msgs.stamp_to_ns(received[-1].header.stamp) == last, 30)
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # MB
 
-    peak_after_first = burst(2, 30)
+    peak_after_first = burst(10, 30)
     peak_after_second = burst(100, 60)
     dropped = client.latency[-1].frames_dropped
     published = len(client.detections)
     assert dropped > 0 and node._mailbox.dropped == dropped
-    assert published + dropped == 1 + 30 + 60, (published, dropped)  # every frame is published or counted
+    assert published + dropped == 3 + 30 + 60, (published, dropped)  # every frame is published or counted
     # The newest frame is kept: the last frame of each burst was published.
     stamps = [msgs.stamp_to_ns(m.header.stamp) for m in client.detections]
-    assert 31 in stamps and 159 in stamps
+    assert 39 in stamps and 159 in stamps
     # Memory: a queue would hold dozens of 1.36 MB frames more after the longer burst.
     assert peak_after_second - peak_after_first < 20, (peak_after_first, peak_after_second)
 
