@@ -94,12 +94,24 @@ def _value(kind, value, source: str, key: str, limits: dict | None):
         return from_mapping(kind, value, source, f"{key}.")
     if typing.get_origin(kind) is tuple:
         element_types = typing.get_args(kind)
+        if len(element_types) == 2 and element_types[1] is Ellipsis:  # tuple[str, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                raise LeanEyeError(f"{where}: expected a list, got {value!r}")
+            element_types = (element_types[0],) * len(value)
         if not isinstance(value, (list, tuple)) or len(value) != len(element_types):
             raise LeanEyeError(f"{where}: expected a list of {len(element_types)} values, got {value!r}")
         return tuple(
             _value(element_type, element, source, f"{key}[{k}]", limits)
             for k, (element_type, element) in enumerate(zip(element_types, value))
         )
+    if typing.get_origin(kind) is dict:  # dict[str, float]: e.g. per-layer values keyed by name
+        key_type, value_type = typing.get_args(kind)
+        if not isinstance(value, dict):
+            raise LeanEyeError(f"{where}: expected a mapping, got {value!r}")
+        return {
+            _scalar(key_type, k, f"{where} key"): _value(value_type, v, source, f"{key}[{k}]", limits)
+            for k, v in value.items()
+        }
     checked = _scalar(kind, value, where)
     _check_limits(checked, limits, where)
     return checked

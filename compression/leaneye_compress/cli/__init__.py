@@ -1,0 +1,34 @@
+"""The `leaneye-compress` command: one module per subcommand in this package, each registering itself here.
+
+Stage modules are imported only when their subcommand runs, so `--help` and `import` need no
+PyTorch (the engine-building side runs on Jetsons without a PyTorch wheel). Errors are reported
+as `leaneye` reports them (leaneye.cli.run_command): one line and exit 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from leaneye.cli import run_command
+
+# Modules that define `register(subparsers)`; each adds its subcommand with `set_defaults(func=...)`.
+COMMAND_MODULES = [
+    "leaneye_compress.cli.train",
+    "leaneye_compress.cli.export",
+    "leaneye_compress.cli.import_onnx",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leaneye-compress", description="LeanEye offline: train, compress and build detection engines"
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv)

@@ -1,0 +1,7 @@
+"""`python -m leaneye_compress.cli` = `leaneye-compress`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
