@@ -26,7 +26,7 @@ SHELL := /bin/bash
 # prints "Location ... is ignored" once per package and index. Only those lines are dropped.
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test test-all test-numpy1 test-ros venv-ros lint lint-py310 train-default venv clean
+.PHONY: demo test test-all test-numpy1 test-ros venv-ros lint lint-py310 train-default compress-default venv clean
 
 # Every ROS 2 process started from here (tests, benchmarks, a manual try) keeps DDS discovery on
 # loopback: multicast on every interface is not allowed on these machines. A fresh domain per
@@ -130,6 +130,14 @@ test-ros:
 train-default: $(STAMP)
 	$(VENV)/bin/leaneye-compress train --config compression/configs/teacher.yaml --out compression/leaneye_compress/default_model \
 	    --work-dir runs/train/teacher --cache-dir runs/cache --force
+
+# The committed student (compression/leaneye_compress/default_student): the default teacher pruned,
+# distilled and calibrated by compression/configs/default.yaml. Reruns only the stages whose inputs or
+# config changed (runs/build keeps every stage's output); the student, its record and the report are
+# then copied next to the code.
+STUDENT_DIR := compression/leaneye_compress/default_student
+compress-default: $(STAMP)
+	$(VENV)/bin/leaneye-compress build --config compression/configs/default.yaml --out runs/build --publish $(STUDENT_DIR)
 
 clean:
 	rm -rf $(VENV) $(VENV1) $(VENV_ROS) runs

@@ -34,6 +34,17 @@ def shared_fixtures() -> Path:
     return shared_fixtures_dir()
 
 
+@pytest.fixture
+def yolox_engine(tmp_path, shared_fixtures) -> Path:
+    """The YOLOX-Nano fixture imported by `leaneye-compress import` into an engine directory."""
+    from leaneye_compress.cli import main as compress_main
+
+    yolox, engine = shared_fixtures / "yolox_nano", tmp_path / "yolox_nano"
+    command = ["import", str(yolox / "yolox_nano.onnx"), "--decoder", "yolox", "--out", str(engine)]
+    assert compress_main([*command, "--classes", str(yolox / "coco_classes.txt")]) == 0
+    return engine
+
+
 # The ROS 2 tests (run in .venv-ros, which has no torch) drive the vehicle side alone: never torch.
 ROS_TESTS = REPO_ROOT / "tests" / "ros"
 

@@ -19,32 +19,13 @@ from leaneye.eval import (  # noqa: E402
     evaluate,
     kitti_ground_truth,
 )
-from leaneye_compress.cli import main as compress_main  # noqa: E402
 
 
 @pytest.mark.slow
-def test_yolox_nano_on_kitti_reaches_the_reference_accuracy(tmp_path, shared_fixtures):
+def test_yolox_nano_on_kitti_reaches_the_reference_accuracy(shared_fixtures, yolox_engine):
     fixtures = shared_fixtures
-    yolox = fixtures / "yolox_nano"
-    engine = tmp_path / "yolox_nano"
-    assert (
-        compress_main(
-            [
-                "import",
-                str(yolox / "yolox_nano.onnx"),
-                "--decoder",
-                "yolox",
-                "--classes",
-                str(yolox / "coco_classes.txt"),
-                "--out",
-                str(engine),
-            ],
-        )
-        == 0
-    )
-
     ground_truth = kitti_ground_truth(fixtures / "kitti_tiny")
-    with Detector.from_engine(engine, threads=2, **EVAL_PROTOCOL.detector_settings()) as detector:
+    with Detector.from_engine(yolox_engine, threads=2, **EVAL_PROTOCOL.detector_settings()) as detector:
         assert detector.manifest.input.color == "bgr" and detector.manifest.letterbox_align == "top-left"
         detections = detect_all(detector, ground_truth, fixtures / "kitti_tiny" / "image_2")
     # COCO's "car" and "person" are the scored classes by name; other COCO classes are dropped.

@@ -17,6 +17,12 @@ COMMAND_MODULES = [
     "leaneye_compress.cli.train",
     "leaneye_compress.cli.export",
     "leaneye_compress.cli.import_onnx",
+    "leaneye_compress.cli.prune",
+    "leaneye_compress.cli.distill",
+    "leaneye_compress.cli.qad",
+    "leaneye_compress.cli.calibrate",
+    "leaneye_compress.cli.report",
+    "leaneye_compress.cli.build",
 ]
 
 
