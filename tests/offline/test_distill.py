@@ -36,6 +36,8 @@ from leaneye_compress.stages.distill import (
     training_frames,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 INPUT = (64, 128)
 TINY = {
     "frames": {"scenes": {"first_seed": 1000, "sequences": 3, "frames_per_sequence": 4, "frame_step": 3}},
@@ -84,15 +86,6 @@ def make_pruned_student(path: Path) -> dict:
     student = LeanDet(student.config, channels)
     save_checkpoint(path, model_payload(student, SCENE_CLASSES))
     return channels
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tests share the machine; two threads per process on a loaded 2-core machine run far slower than one
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,11 @@ from leaneye_compress.models.detector import LeanDet, LeanDetConfig, count_param
 from leaneye_compress.models.factory import load_pruned_module
 from leaneye_compress.stages.prune import PruneConfig, _Groups, _Plan, _scores, _Subject, prune
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CLASSES = ["car", "person", "bicycle"]
 HEAD_OUTPUTS = {"cls_out": len(CLASSES), "box_out": 4}
 NO_LATENCY = {"latency": {"runs": 0}}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one intra-op thread is as fast, and far faster on a machine shared with other jobs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(**values) -> PruneConfig:

@@ -28,13 +28,7 @@ from leaneye_compress.stages.distill import distill
 from leaneye_compress.stages.export import export_engine, onnx_bytes
 from leaneye_compress.stages.qad import QADConfig, fake_quantized, fold_batch_norm, plain, qad
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

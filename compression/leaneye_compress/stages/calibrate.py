@@ -218,7 +218,7 @@ def _detections(model_bytes: bytes, manifest, selection: _Selection, threads: in
     return found
 
 
-def _postprocessed(outputs: list, manifest, images: list) -> dict:
+def postprocessed_detections(outputs: list, manifest, images: list) -> dict:
     """Detections from raw outputs by the runtime's Postprocessor at EVAL.md's settings, keyed by frame."""
     from leaneye.eval import EVAL_PROTOCOL, ImageDetections
     from leaneye.vision.letterbox import letterbox_transform
@@ -306,13 +306,13 @@ def _sensitivities(config: CalibrateConfig, model, ranges, layers, manifest, ima
 
     name = manifest.input.name
     reference_outputs = run_frames(model.SerializeToString(), name, inputs, config.threads)
-    reference = _postprocessed(reference_outputs, manifest, images)
+    reference = postprocessed_detections(reference_outputs, manifest, images)
     sensitivity, disagreement = {}, {}
     for layer in tqdm(layers, desc="sensitivity per layer", unit="layer", file=sys.stderr):
         alone = emit_qdq(model, ranges, config.emitter, only=[layer.name]).SerializeToString()
         outputs = run_frames(alone, name, inputs, config.threads)
         sensitivity[layer.name] = output_error(reference_outputs, outputs)
-        disagreement[layer.name] = _disagreement(reference, _postprocessed(outputs, manifest, images))
+        disagreement[layer.name] = _disagreement(reference, postprocessed_detections(outputs, manifest, images))
     return sensitivity, disagreement
 
 

@@ -57,7 +57,7 @@ from ..frames import DEFAULT_FRAME_SIZE, FramesConfig, GeneratedFrames, frames_i
 from ..models import contract
 from ..models.detector import PRESETS, LeanDet, count_parameters, gflops, preset_config
 from ..models.loss import LossConfig, detection_loss, giou_loss
-from .train import ScenesConfig, _batch, _ema_update, _lr_at, _param_groups, default_work_dir
+from .train import ScenesConfig, default_work_dir, ema_update, learning_rate_at, param_groups, training_batch
 
 STAGE = "distill"
 HELDOUT_FIRST_SEED = 9_000_000  # EVAL.md's held-out generated scenes: never used to distill
@@ -104,7 +104,7 @@ class DistillConfig:
 @dataclass
 class TrainingFrames:
     """Letterboxed frames (N, H, W, 3) uint8 BGR to distill on, with ground truth in network pixels
-    where a frame has it (`labelled`); what train.py's `_batch` samples from."""
+    where a frame has it (`labelled`); what train.py's `training_batch` samples from."""
 
     images: np.ndarray
     boxes: list
@@ -114,7 +114,7 @@ class TrainingFrames:
     sources: str
 
 
-def _scene_set_config(scenes, frame_size, input_size) -> SceneSetConfig:
+def scene_set_config(scenes, frame_size, input_size) -> SceneSetConfig:
     return SceneSetConfig(
         scenes.first_seed,
         scenes.sequences,
@@ -158,7 +158,7 @@ def training_frames(
     scenes = config.frames.scenes
     if scenes.sequences:
         scene_set = render_scene_set(
-            _scene_set_config(scenes, config.frame_size, input_size), cache_dir, desc="render distillation scenes"
+            scene_set_config(scenes, config.frame_size, input_size), cache_dir, desc="render distillation scenes"
         )
         images.append(scene_set.images)
         boxes += scene_set.boxes
@@ -191,7 +191,7 @@ class Processes:
         return self.world > 1
 
 
-def _device(name: str, local_rank: int = 0) -> torch.device:
+def training_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise LeanEyeError("distill device cuda: no CUDA device is available here; use device auto or cpu")
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
@@ -206,10 +206,10 @@ def _processes(device: str):
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        yield Processes(device=_device(device))
+        yield Processes(device=training_device(device))
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = _device(device, local_rank)
+    chosen = training_device(device, local_rank)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     created = not dist.is_initialized()
@@ -411,7 +411,7 @@ class Distiller:
             self.module = DistributedDataParallel(
                 self.trained, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
             )
-        self.optimizer = torch.optim.AdamW(_param_groups(self.trained, config.weight_decay), lr=config.lr)
+        self.optimizer = torch.optim.AdamW(param_groups(self.trained, config.weight_decay), lr=config.lr)
 
     def state(self) -> dict:
         return {
@@ -430,14 +430,14 @@ class Distiller:
         config, processes = self.config, self.processes
         rng = np.random.default_rng([config.seed, iteration])  # per-iteration stream: resuming replays exactly
         indices = rng.integers(0, len(frames.images), config.batch_size)
-        images, targets = _batch(frames, indices, rng)
+        images, targets = training_batch(frames, indices, rng)
         share = config.batch_size // processes.world
         mine = slice(processes.rank * share, (processes.rank + 1) * share)
         dtype = next(self.student.parameters()).dtype
         images = images[mine].to(processes.device, dtype).contiguous(memory_format=torch.channels_last)
         targets = [{k: v.to(processes.device) for k, v in t.items()} for t in targets[mine]]
         for group in self.optimizer.param_groups:
-            group["lr"] = _lr_at(config, iteration)
+            group["lr"] = learning_rate_at(config, iteration)
         with_features = config.loss.feature_weight > 0
         with torch.no_grad():
             teacher_out = _outputs(self.teacher, images, with_features)
@@ -460,7 +460,7 @@ class Distiller:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.trained.parameters(), 10.0)
         self.optimizer.step()
-        _ema_update(self.ema, self.student, config.ema_decay * (1 - math.exp(-(iteration + 1) / 200)))
+        ema_update(self.ema, self.student, config.ema_decay * (1 - math.exp(-(iteration + 1) / 200)))
         return {"loss": loss.item(), **parts}
 
     def run(
@@ -508,7 +508,7 @@ def distill_in_memory(
     frames = _FRAMES_IN_MEMORY[key]
     run_config = dataclasses.replace(config, iterations=iterations, warmup=min(config.warmup, iterations // 4))
     was_training = student.training
-    distiller = Distiller(copy.deepcopy(student), teacher, run_config, Processes(device=_device(config.device)))
+    distiller = Distiller(copy.deepcopy(student), teacher, run_config, Processes(device=training_device(config.device)))
     losses: list[float] = []
     distiller.run(frames, 0, desc, lambda done, parts: losses.append(parts["loss"]))
     device = next(student.parameters()).device
@@ -717,7 +717,7 @@ class _Job:
         before = None
         if folder is not None:
             heldout = render_scene_set(
-                _scene_set_config(config.heldout, config.frame_size, input_size),
+                scene_set_config(config.heldout, config.frame_size, input_size),
                 self.cache_dir,
                 desc="render held-out scenes",
             )

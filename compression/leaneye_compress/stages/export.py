@@ -75,7 +75,7 @@ class _DropMessage(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
     """Drop the exporter's known noise (EXPORTER_NOISE, one FutureWarning); anything else still shows."""
     filters = [(logging.getLogger(name), _DropMessage(prefix)) for name, prefix in EXPORTER_NOISE.items()]
     for logger, noise in filters:
@@ -92,7 +92,7 @@ def _quiet_exporter():
 
 
 @contextlib.contextmanager
-def _interruptible():
+def interruptible():
     """Ctrl-C always surfaces as KeyboardInterrupt.
 
     torch.export runs user code under its own exception handling; an interrupt landing there can
@@ -129,7 +129,7 @@ def onnx_bytes(model: LeanDet) -> bytes:
 
     c = model.config
     dummy = torch.zeros(1, 3, c.input_height, c.input_width)
-    with _interruptible(), _quiet_exporter():
+    with interruptible(), quiet_exporter():
         program = torch.onnx.export(
             DecodedOutputs(model).eval(),
             (dummy,),

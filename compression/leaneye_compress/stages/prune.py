@@ -209,9 +209,9 @@ def _module_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
 
     import onnx
 
-    from .export import OPSET, _interruptible, _quiet_exporter
+    from .export import OPSET, interruptible, quiet_exporter
 
-    with _interruptible(), _quiet_exporter():
+    with interruptible(), quiet_exporter():
         program = torch.onnx.export(
             model.eval(), (example,), opset_version=OPSET, dynamo=True, external_data=False, verbose=False
         )
@@ -516,7 +516,7 @@ def _taylor_gradients(subject: _Subject, config: PruneConfig, cache_dir: Path) -
     """Accumulate the detection loss's gradients on generated scenes into the model's .grad."""
     from ..data import SceneSetConfig, render_scene_set
     from ..models.loss import detection_loss
-    from .train import _batch
+    from .train import training_batch
 
     c = subject.model.config
     scenes = config.scenes
@@ -536,7 +536,7 @@ def _taylor_gradients(subject: _Subject, config: PruneConfig, cache_dir: Path) -
     model.zero_grad(set_to_none=True)
     rng = np.random.default_rng(config.seed)
     for _ in range(config.taylor_batches):
-        images, targets = _batch(scene_set, rng.integers(0, len(scene_set.images), config.batch_size), rng)
+        images, targets = training_batch(scene_set, rng.integers(0, len(scene_set.images), config.batch_size), rng)
         cls, boxes = model(images)
         points, strides = model.anchors(images.shape[2], images.shape[3], images.device)
         loss, _ = detection_loss(cls, boxes, points, strides, targets)

@@ -44,7 +44,7 @@ from ..data import render_scene_set
 from ..frames import frames_inputs
 from ..models import contract
 from ..models.detector import ConvBNReLU, LeanDet, layer_channels
-from .distill import DistillConfig, Distiller, Processes, _device, _scene_set_config, training_frames
+from .distill import DistillConfig, Distiller, Processes, scene_set_config, training_device, training_frames
 from .train import default_work_dir
 
 STAGE = "qad"
@@ -176,10 +176,10 @@ def plain(model: LeanDet, state_dict: dict) -> LeanDet:
 def _run(model_bytes: bytes, manifest, heldout, threads: int) -> tuple[list, dict]:
     """The model's raw outputs on the held-out frames (ONNX Runtime) and its detections."""
     from ..quant.measure import run_frames
-    from .calibrate import _postprocessed
+    from .calibrate import postprocessed_detections
 
     outputs = run_frames(model_bytes, manifest.input.name, contract.network_input(heldout.images), threads)
-    return outputs, _postprocessed(outputs, manifest, [frame.image for frame in heldout.frames])
+    return outputs, postprocessed_detections(outputs, manifest, [frame.image for frame in heldout.frames])
 
 
 def _scores(truth, reference: dict, candidates: dict, bootstrap: int) -> dict:
@@ -269,13 +269,13 @@ def _qad_into(folder: Path, config: QADConfig, checkpoint: Path, teacher_path: P
     input_size = (student.config.input_height, student.config.input_width)
     frames = training_frames(distill_config, input_size, cache, minimum=distill_config.batch_size)
     heldout = render_scene_set(
-        _scene_set_config(distill_config.heldout, distill_config.frame_size, input_size),
+        scene_set_config(distill_config.heldout, distill_config.frame_size, input_size),
         cache,
         desc="render held-out scenes",
     )
 
     trained, quantized = fake_quantized(fold_batch_norm(student), fp32_model, ranges, flavour, set(float_layers))
-    distiller = Distiller(trained, teacher, distill_config, Processes(device=_device(distill_config.device)))
+    distiller = Distiller(trained, teacher, distill_config, Processes(device=training_device(distill_config.device)))
     losses: list[float] = []
     distiller.run(frames, 0, f"qad ({len(quantized)} convolutions int8)", lambda done, p: losses.append(p["loss"]))
     tuned = plain(trained, distiller.ema.state_dict())

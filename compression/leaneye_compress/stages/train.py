@@ -84,21 +84,21 @@ def default_work_dir(out: Path) -> Path:
     return out.with_name(out.name + ".work")
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float):
+def param_groups(model: torch.nn.Module, weight_decay: float):
     decay, no_decay = [], []
     for _name, p in model.named_parameters():
         (decay if p.ndim == 4 else no_decay).append(p)  # no decay on BatchNorm and biases
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _lr_at(config: TrainConfig, iteration: int) -> float:
+def learning_rate_at(config: TrainConfig, iteration: int) -> float:
     if iteration < config.warmup:
         return config.lr * (iteration + 1) / config.warmup
     progress = (iteration - config.warmup) / max(1, config.iterations - config.warmup)
     return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _batch(scene_set, indices: np.ndarray, rng: np.random.Generator):
+def training_batch(scene_set, indices: np.ndarray, rng: np.random.Generator):
     """Images as a float tensor (B, 3, H, W) in [0, 1], BGR, with targets; random horizontal flips and exposure."""
     images = scene_set.images[indices].astype(np.float32)
     width = images.shape[2]
@@ -123,7 +123,7 @@ def _batch(scene_set, indices: np.ndarray, rng: np.random.Generator):
     return torch.from_numpy(images).permute(0, 3, 1, 2).mul_(contract.SCALE), targets
 
 
-def _ema_update(ema: LeanDet, model: LeanDet, decay: float) -> None:
+def ema_update(ema: LeanDet, model: LeanDet, decay: float) -> None:
     with torch.no_grad():
         for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
             if e.dtype.is_floating_point:
@@ -171,7 +171,7 @@ def _train_into(
     class_names = list(SCENE_CLASSES)
     model = LeanDet(preset_config(config.preset, len(class_names), *config.input_size))
     ema = copy.deepcopy(model)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
     start, history, window, elapsed = 0, [], [], 0.0
     if resume and state_path.exists():
         state = read_checkpoint(state_path)
@@ -181,7 +181,7 @@ def _train_into(
             )
         model = build_model(state_path, state)
         ema = build_model(state_path, state, "ema")
-        optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+        optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
         optimizer.load_state_dict(state["optimizer"])
         start, history, elapsed = int(state["iteration"]), list(state["history"]), float(state["elapsed_s"])
         window = list(state.get("loss_window", []))  # absent from states written before it was kept
@@ -217,9 +217,9 @@ def _train_into(
         for iteration in range(start, config.iterations):
             rng = np.random.default_rng([config.seed, iteration])  # per-iteration stream: resuming replays exactly
             indices = rng.integers(0, len(train_set.images), config.batch_size)
-            images, targets = _batch(train_set, indices, rng)
+            images, targets = training_batch(train_set, indices, rng)
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(config, iteration)
+                group["lr"] = learning_rate_at(config, iteration)
             cls, boxes = model(images.contiguous(memory_format=torch.channels_last))
             points, strides = model.anchors(images.shape[2], images.shape[3], images.device)
             loss, parts = detection_loss(cls, boxes, points, strides, targets, config.loss)
@@ -231,7 +231,7 @@ def _train_into(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
-            _ema_update(ema, model, config.ema_decay * (1 - math.exp(-(iteration + 1) / 200)))
+            ema_update(ema, model, config.ema_decay * (1 - math.exp(-(iteration + 1) / 200)))
             loss_value = loss.item()
             running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
             window.append(loss_value)
