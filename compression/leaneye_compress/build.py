@@ -29,14 +29,14 @@ from leaneye.atomic import atomic_path
 from leaneye.errors import LeanEyeError
 
 from .artifacts import run_stage
-from .config import bounded, load_config
+from .config import load_config
+from .stages import BUILD_STAGES
 from .stages.calibrate import CalibrateConfig, calibrate
 from .stages.distill import DistillConfig, distill
 from .stages.prune import PruneConfig, prune
 from .stages.qad import QADConfig, qad
 from .stages.report import ReportConfig, ReportEntry, report
 
-STAGES = ("prune", "distill", "export", "calibrate", "qad", "report")
 DEFAULT_TEACHER = Path(__file__).resolve().parent / "default_model" / "model.pt"
 
 
@@ -56,8 +56,6 @@ class BuildConfig:
     calibrate: CalibrateConfig = CalibrateConfig()
     qad: QADStage = QADStage()
     report: ReportConfig = ReportConfig()
-    # The first stage to rerun even when up to date (as --from does), "" for none.
-    rerun_from: str = bounded("", choices=("", *STAGES))
 
 
 def teacher_path(config: BuildConfig, config_file: Path) -> Path:
@@ -96,16 +94,15 @@ def _say(stage: str, record: dict, skipped: bool, out: Path) -> None:
 
 def build(config: BuildConfig, config_file: Path, out: Path, rerun_from: str | None = None) -> dict:
     """Run every stage into `out`; returns {stage: record}."""
-    rerun_from = rerun_from or config.rerun_from or None
-    if rerun_from is not None and rerun_from not in STAGES:
-        raise LeanEyeError(f"--from {rerun_from}: expected one of {', '.join(STAGES)}")
-    first_forced = STAGES.index(rerun_from) if rerun_from else len(STAGES)
+    if rerun_from is not None and rerun_from not in BUILD_STAGES:
+        raise LeanEyeError(f"--from {rerun_from}: expected one of {', '.join(BUILD_STAGES)}")
+    first_forced = BUILD_STAGES.index(rerun_from) if rerun_from else len(BUILD_STAGES)
     out = Path(out)
     teacher = teacher_path(config, config_file)
     records: dict = {}
 
     def step(stage: str, path: Path, run) -> dict:
-        record, skipped = run(STAGES.index(stage) >= first_forced)
+        record, skipped = run(BUILD_STAGES.index(stage) >= first_forced)
         _say(stage, record, skipped, path)
         return record
 

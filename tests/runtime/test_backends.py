@@ -308,13 +308,15 @@ def test_an_entry_point_plugin_is_found_and_a_broken_one_is_a_one_line_error(tmp
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
-        "names": ["broken", "identity", "onnxruntime"],
+        "names": ["broken", "identity", "onnxruntime", "tensorrt"],
         "class": "leaneye_test_identity:IdentityBackend",
         "identity": True,
         "manifest_backend": "identity",
     }
     # Here, without the plugin distribution, a manifest naming it is refused.
-    with pytest.raises(LeanEyeError, match=r"field 'backend': expected one of onnxruntime \(got \"identity\"\)"):
+    with pytest.raises(
+        LeanEyeError, match=r"field 'backend': expected one of onnxruntime, tensorrt \(got \"identity\"\)"
+    ):
         parse_manifest(manifest_data(backend="identity"))
 
     image = tmp_path / "frame.png"

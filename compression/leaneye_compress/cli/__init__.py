@@ -21,8 +21,10 @@ COMMAND_MODULES = [
     "leaneye_compress.cli.distill",
     "leaneye_compress.cli.qad",
     "leaneye_compress.cli.calibrate",
+    "leaneye_compress.cli.nms",
     "leaneye_compress.cli.report",
     "leaneye_compress.cli.build",
+    "leaneye_compress.cli.engine",
 ]
 
 

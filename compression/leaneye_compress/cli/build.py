@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..stages import BUILD_STAGES
+
 
 def run(args: argparse.Namespace) -> int:
     from ..build import build, load_build_config, publish_student
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
         "--from",
         dest="rerun_from",
         metavar="STAGE",
-        help="rerun this stage (prune, distill, export, calibrate, qad, report) and every later one",
+        help=f"rerun this stage ({', '.join(BUILD_STAGES)}) and every later one, even if up to date",
     )
     p.add_argument(
         "--publish",

@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = "leaneye.backends"
 # Written as entry points are, so that built-in and plug-in backends load the same way.
 BUILTIN_BACKENDS = {
     "onnxruntime": "leaneye.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "leaneye.backends.tensorrt.backend:TensorRTBackend",
 }
 
 

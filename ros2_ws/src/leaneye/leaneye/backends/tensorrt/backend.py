@@ -1,0 +1,126 @@
+"""TensorRT backend: runs a plan (model.plan) built for this machine, or builds and caches one from
+the engine's ONNX on first load (`cache`). Configure (`_load`) imports TensorRT and cuda-python and
+refuses, before deserializing anything, a plan whose manifest target names another TensorRT or GPU;
+activate deserializes it and allocates pinned host and device buffers and one stream; infer copies
+in, runs `execute_async_v3`, copies out and synchronizes; deactivate frees it all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import LeanEyeError
+from ..base import Backend
+from .cache import cached_plan
+from .cuda_memory import StreamBuffers
+from .libraries import import_cudart, import_tensorrt, running_platform
+from .options import BuildOptions
+from .platform import REBUILD_HINT, check_plan_target
+
+MAX_DEVICES = 16
+# TensorRT DataType member names -> NumPy dtypes, for the host buffers.
+NUMPY_DTYPES = {
+    "FLOAT": np.float32,
+    "HALF": np.float16,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
+}
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    devices = tuple(f"cuda:{index}" for index in range(MAX_DEVICES))
+
+    def _load(self, target) -> None:
+        where = str(self.model_path)
+        self.trt = import_tensorrt(where)
+        self.cudart = import_cudart(where)
+        self.device_index = int(self.options.device.split(":")[1])
+        self.platform = running_platform(self.trt, self.cudart, self.device_index)
+        self.build_options = None
+        if self.model_path.suffix == ".onnx":
+            self.build_options = target.tensorrt_build if target and target.tensorrt_build else BuildOptions()
+            self.plan_path = cached_plan(self.trt, self.model_path, self.build_options, self.platform)
+            self.version_compatible = self.build_options.version_compatible
+        else:
+            check_plan_target(self.model_path, target, self.platform)
+            self.plan_path = self.model_path
+            self.version_compatible = bool(target.tensorrt_build and target.tensorrt_build.version_compatible)
+        self.runtime = self.engine = self.context = self.buffers = None
+        self.output_names: list[str] = []
+
+    def _deserialize(self):
+        trt = self.trt
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        # A version-compatible plan carries its own lean runtime, which TensorRT runs only when allowed.
+        self.runtime.engine_host_code_allowed = self.version_compatible
+        return self.runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+
+    def _activate(self) -> None:
+        try:
+            self._allocate()
+        except BaseException:
+            self._deactivate()
+            raise
+
+    def _allocate(self) -> None:
+        trt = self.trt
+        engine = self._deserialize()
+        if engine is None and self.build_options is not None:  # a cached plan this TensorRT refuses: rebuild it
+            self.plan_path = cached_plan(trt, self.model_path, self.build_options, self.platform, rebuild=True)
+            engine = self._deserialize()
+        if engine is None:
+            raise LeanEyeError(f"{self.plan_path}: TensorRT cannot deserialize this plan (corrupt?); {REBUILD_HINT}")
+        self.engine = engine
+        names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
+        inputs = [name for name in names if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT]
+        if inputs != [self.input_name]:
+            raise LeanEyeError(
+                f"{self.plan_path}: manifest field 'input.name' is {self.input_name!r}, but the plan's inputs are {inputs}"
+            )
+        self.context = engine.create_execution_context()
+        if not self.context.set_input_shape(self.input_name, self.input_shape):
+            raise LeanEyeError(
+                f"{self.plan_path}: manifest field 'input.shape' {list(self.input_shape)} is outside the plan's "
+                f"optimization profile for {self.input_name!r}"
+            )
+        tensors = {}
+        for name in names:
+            dtype_name = str(engine.get_tensor_dtype(name).name)
+            if dtype_name not in NUMPY_DTYPES:
+                raise LeanEyeError(
+                    f"{self.plan_path}: tensor {name!r} has type {dtype_name}, which leaneye cannot read"
+                )
+            tensors[name] = (tuple(self.context.get_tensor_shape(name)), NUMPY_DTYPES[dtype_name])
+        self.buffers = StreamBuffers(self.cudart, tensors)
+        for name in names:
+            self.context.set_tensor_address(name, self.buffers.device(name))
+        self.output_names = [name for name in names if name != self.input_name]
+
+    def _infer(self, tensor: np.ndarray) -> list[np.ndarray]:
+        if tuple(tensor.shape) != self.input_shape:
+            raise LeanEyeError(
+                f"{self.plan_path}: input of shape {list(tensor.shape)}, the engine takes {list(self.input_shape)}"
+            )
+        buffers = self.buffers
+        np.copyto(buffers.host(self.input_name), tensor, casting="same_kind")
+        buffers.to_device(self.input_name)
+        if not self.context.execute_async_v3(buffers.stream_handle):
+            raise LeanEyeError(f"{self.plan_path}: TensorRT failed to enqueue the inference (its log says why)")
+        for name in self.output_names:
+            buffers.to_host(name)
+        buffers.synchronize()
+        return [buffers.host(name).copy() for name in self.output_names]
+
+    def _deactivate(self) -> None:
+        # The context uses the buffers: it goes first.
+        self.context = None
+        self.engine = None
+        self.runtime = None
+        if self.buffers is not None:
+            self.buffers.free()
+            self.buffers = None
+        self.output_names = []
