@@ -9,7 +9,7 @@
 # BASE_IMAGE selects the base; ROS_DISTRO must match its Ubuntu (jammy: humble, noble: jazzy).
 # A base without ROS 2 (nvcr.io/nvidia/tensorrt, nvcr.io/nvidia/l4t-jetpack) gets ros-core from
 # the ROS apt repository; the rest comes from package.xml through rosdep, and pip adds what rosdep
-# has no key for (onnxruntime, rosbags).
+# has no key for (onnxruntime, onnx, rosbags).
 ARG BASE_IMAGE=ros:jazzy-ros-base
 
 # --- runtime: the base, ROS 2, and everything the nodes need at run time -----------------------
@@ -64,7 +64,7 @@ RUN apt-get update \
 # NumPy 1.26.4) stays; an older one (Humble's NumPy 1.21) gets the pinned version beside it.
 COPY constraints.txt constraints-numpy1.awk /tmp/
 RUN awk -f /tmp/constraints-numpy1.awk /tmp/constraints.txt /tmp/constraints.txt > /tmp/pins.txt \
- && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -c /tmp/pins.txt onnxruntime rosbags \
+ && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -c /tmp/pins.txt onnxruntime onnx rosbags \
  && rm /tmp/constraints.txt /tmp/constraints-numpy1.awk /tmp/pins.txt
 
 # --- build: compilers, colcon and the build keys; only its install/ goes into the image ------------

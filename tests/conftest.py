@@ -34,6 +34,17 @@ def shared_fixtures() -> Path:
     return shared_fixtures_dir()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread is as fast, and far faster on a machine shared with other jobs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def yolox_engine(tmp_path, shared_fixtures) -> Path:
     """The YOLOX-Nano fixture imported by `leaneye-compress import` into an engine directory."""

@@ -39,7 +39,13 @@ ROSDEP_KEYS = {
     "yaml": "python3-yaml",
 }
 # Import name -> PyPI distribution, for those without a usable rosdep key: the Dockerfile pip-installs them.
-PIP_ONLY = {"onnxruntime": "onnxruntime", "rosbags": "rosbags", "mcap": "mcap", "mcap_ros2": "mcap-ros2-support"}
+PIP_ONLY = {
+    "onnxruntime": "onnxruntime",
+    "onnx": "onnx",  # the TensorRT backend's FP16 cast for TensorRT 11 (building a plan on the target)
+    "rosbags": "rosbags",
+    "mcap": "mcap",
+    "mcap_ros2": "mcap-ros2-support",
+}
 # Imported by leaneye but by nothing the image runs: pycocotools is the eval extra (`leaneye eval` scores
 # detections offline; no node does).
 NOT_IN_IMAGE = frozenset({"pycocotools"})
