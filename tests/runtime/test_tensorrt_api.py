@@ -315,6 +315,7 @@ def dynamic_onnx(path: Path) -> Path:
         [weight],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # loadable by the oldest ONNX Runtime the vehicle side supports (1.23 in .venv-numpy1)
     onnx.save(model, path)
     return path
 
