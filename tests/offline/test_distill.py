@@ -262,7 +262,7 @@ def test_two_process_gloo_step_equals_the_one_process_step(models, tmp_path, mon
     launch += ["--master_port", str(29500 + os.getpid() % 1000), __file__, str(folder), str(tmp_path / "two.pt")]
     done = subprocess.run(launch, env=env, timeout=300, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    one, two = (torch.load(tmp_path / name, weights_only=True) for name in ("one.pt", "two.pt"))
     initial = load_model(folder / "student.pt")[0].state_dict()
     assert one.keys() == two.keys()
     moved = 0

@@ -8,9 +8,8 @@ as `leaneye` reports them (leaneye.cli.run_command): one line and exit 2; Ctrl-C
 from __future__ import annotations
 
 import argparse
-import importlib
 
-from leaneye.cli import run_command
+from leaneye.cli import parser_of, run_command
 
 # Modules that define `register(subparsers)`; each adds its subcommand with `set_defaults(func=...)`.
 COMMAND_MODULES = [
@@ -29,13 +28,9 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="leaneye-compress", description="LeanEye offline: train, compress and build detection engines"
+    return parser_of(
+        "leaneye-compress", "LeanEye offline: train, compress and build detection engines", COMMAND_MODULES
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,14 +28,18 @@ COMMAND_MODULES = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="leaneye", description="LeanEye runtime: detection on camera frames, bags and videos"
-    )
+def parser_of(prog: str, description: str, command_modules: list[str]) -> argparse.ArgumentParser:
+    """A command whose subcommands are the given modules, each defining `register(subparsers)`;
+    shared by `leaneye` and `leaneye-compress`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
+    for name in command_modules:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return parser_of("leaneye", "LeanEye runtime: detection on camera frames, bags and videos", COMMAND_MODULES)
 
 
 class Terminated(KeyboardInterrupt):
