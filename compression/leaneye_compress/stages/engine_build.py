@@ -2,6 +2,8 @@
 and write it as an engine directory: model.plan, manifest.json with `"backend": "tensorrt"` and the
 `target` block (TensorRT version, GPU, compute capability, the ONNX's sha256, build options, the
 plan's inputs and outputs), record.json. Needs TensorRT and cuda-python, no PyTorch (runs on a Jetson).
+`--on-target` (`carry_onnx`) builds nothing: it writes the ONNX and the build options, and the first
+load on the target builds and caches the plan there (`leaneye.backends.tensorrt.cache`); it runs anywhere.
 
 The ONNX: `--engine DIR` takes DIR/tensorrt/model.onnx when there is one (the calibrate stage's Q/DQ
 ONNX for TensorRT) and DIR's own model otherwise; its manifest (input, letterbox, decoder, classes)
@@ -28,6 +30,7 @@ from ..artifacts import run_stage
 
 TENSORRT_ONNX = Path("tensorrt") / "model.onnx"
 PLAN_NAME = "model.plan"
+ONNX_NAME = "model.onnx"
 QUANTIZED_PRECISIONS = ("int8", "fp8")
 
 
@@ -66,18 +69,21 @@ def check_onnx(path: Path, precision: str) -> None:
         )
 
 
-def engine_manifest(manifest: Manifest, plan: bytes, precision: str, target: dict, platform: Platform) -> dict:
+def write_manifest(
+    folder: Path, manifest: Manifest, model: str, model_bytes: bytes, precision: str, target: dict, producer: dict
+) -> None:
+    """`manifest` (the source engine's input, letterbox, decoder, classes) as a TensorRT engine's."""
     data = manifest.to_dict()
     data.update(
         backend="tensorrt",
-        model=PLAN_NAME,
-        model_sha256=hashlib.sha256(plan).hexdigest(),
+        model=model,
+        model_sha256=hashlib.sha256(model_bytes).hexdigest(),
         precision=MANIFEST_PRECISION[precision],
         target=target,
-        producer={"tool": "leaneye-compress engine", "versions": {"tensorrt": platform.tensorrt_version}},
+        producer=producer,
     )
     parse_manifest(data, f"engine {MANIFEST_NAME}")  # what leaneye will read must parse
-    return data
+    (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def build_engine(
@@ -114,8 +120,8 @@ def build_engine(
         }
         (folder / PLAN_NAME).write_bytes(built.plan)
         if manifest is not None:
-            data = engine_manifest(manifest, built.plan, options.precision, target, platform)
-            (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            producer = {"tool": "leaneye-compress engine", "versions": {"tensorrt": platform.tensorrt_version}}
+            write_manifest(folder, manifest, PLAN_NAME, built.plan, options.precision, target, producer)
         else:
             (folder / "target.json").write_text(json.dumps(target, indent=2) + "\n", encoding="utf-8")
         if timing_cache is not None:
@@ -132,3 +138,30 @@ def build_engine(
         }
 
     return run_stage("engine", out, inputs, config, produce, force=force)
+
+
+def carry_onnx(
+    options: BuildOptions, out: Path, onnx: Path | None = None, engine: Path | None = None, force: bool = False
+) -> tuple[dict, bool]:
+    """Write the engine directory `out` carrying the ONNX (model.onnx) and, in its manifest's target,
+    `options` and the ONNX's sha256, for the first load on the target to build the plan: no TensorRT or
+    GPU is needed here. Returns (record, skipped)."""
+    onnx_path, manifest, _ = source_model(onnx, engine)
+    if manifest is None:
+        raise LeanEyeError(
+            f"--on-target: {onnx_path} is in no engine directory, so its input, decoder and classes are unknown; "
+            f"give --engine DIR (or an --onnx inside one)"
+        )
+    check_onnx(onnx_path, options.precision)
+    import onnx as onnx_module
+
+    def produce(folder: Path) -> dict:
+        onnx_bytes = onnx_path.read_bytes()
+        (folder / ONNX_NAME).write_bytes(onnx_bytes)
+        target = {"onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), "tensorrt_build": options.to_dict()}
+        producer = {"tool": "leaneye-compress engine --on-target", "versions": {"onnx": onnx_module.__version__}}
+        write_manifest(folder, manifest, ONNX_NAME, onnx_bytes, options.precision, target, producer)
+        return {"metrics": {"onnx_bytes": len(onnx_bytes)}, "details": {"on_target": True}}
+
+    config = {"build": options.to_dict(), "on_target": True}
+    return run_stage("engine", out, {"onnx": onnx_path}, config, produce, force=force)

@@ -30,6 +30,9 @@ setup(
         "bags": ["rosbags>=0.11", "ruamel.yaml>=0.17", "mcap>=1.1", "mcap-ros2-support>=0.5"],
         "onnxruntime": ["onnxruntime>=1.16"],
         "eval": ["pycocotools>=2.0.6"],
+        # The TensorRT backend's buffers and stream; TensorRT itself comes with JetPack or NVIDIA's
+        # wheels. 12.x runs on CUDA 12 and 13 drivers; 13.x needs CUDA 13 (not JetPack 6).
+        "tensorrt": ["cuda-bindings>=12.9,<13"],
     },
     zip_safe=True,
     entry_points={

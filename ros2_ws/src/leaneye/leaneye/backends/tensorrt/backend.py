@@ -2,7 +2,8 @@
 the engine's ONNX on first load (`cache`). Configure (`_load`) imports TensorRT and cuda-python and
 refuses, before deserializing anything, a plan whose manifest target names another TensorRT or GPU;
 activate deserializes it and allocates pinned host and device buffers and one stream; infer copies
-in, runs `execute_async_v3`, copies out and synchronizes; deactivate frees it all.
+in, runs `execute_async_v3` (or replays it as a CUDA graph: extra option `cuda_graph`), copies out and
+synchronizes; deactivate frees it all.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from ...errors import LeanEyeError
 from ..base import Backend
 from .cache import cached_plan
 from .cuda_memory import StreamBuffers
-from .libraries import import_cudart, import_tensorrt, running_platform
+from .libraries import cuda_check, import_cudart, import_tensorrt, running_platform
 from .options import BuildOptions
 from .platform import REBUILD_HINT, check_plan_target
 
@@ -33,12 +34,19 @@ NUMPY_DTYPES = {
 class TensorRTBackend(Backend):
     name = "tensorrt"
     devices = tuple(f"cuda:{index}" for index in range(MAX_DEVICES))
+    # cuda_graph: capture the inference once at activate and replay it per frame (docs/tensorrt.md).
+    extra_options = frozenset({"cuda_graph"})
 
     def _load(self, target) -> None:
+        self.cuda_graph = self.options.extra.get("cuda_graph", False)
+        if not isinstance(self.cuda_graph, bool):
+            raise LeanEyeError(
+                f"backend 'tensorrt': extra option cuda_graph: expected true or false, got {self.cuda_graph!r}"
+            )
         where = str(self.model_path)
         self.trt = import_tensorrt(where)
         self.cudart = import_cudart(where)
-        self.device_index = int(self.options.device.split(":")[1])
+        self.device_index = int(self.device.split(":")[1])
         self.platform = running_platform(self.trt, self.cudart, self.device_index)
         self.build_options = None
         if self.model_path.suffix == ".onnx":
@@ -68,6 +76,8 @@ class TensorRTBackend(Backend):
 
     def _allocate(self) -> None:
         trt = self.trt
+        # The current device is per thread: activate may run on another thread than configure did.
+        cuda_check(self.cudart, self.cudart.cudaSetDevice(self.device_index), f"cannot use device {self.device}")
         engine = self._deserialize()
         if engine is None and self.build_options is not None:  # a cached plan this TensorRT refuses: rebuild it
             self.plan_path = cached_plan(trt, self.model_path, self.build_options, self.platform, rebuild=True)
@@ -99,6 +109,24 @@ class TensorRTBackend(Backend):
         for name in names:
             self.context.set_tensor_address(name, self.buffers.device(name))
         self.output_names = [name for name in names if name != self.input_name]
+        if self.cuda_graph:
+            self._capture()
+
+    def _capture(self) -> None:
+        # TensorRT finishes its set-up for the input shape in the first enqueue; a graph must not replay that.
+        self._enqueue(self.buffers.stream_handle)
+        self.buffers.synchronize()
+        try:
+            self.buffers.capture_graph(self._enqueue)
+        except LeanEyeError as exc:
+            raise LeanEyeError(
+                f"{self.plan_path}: extra option cuda_graph: this plan's inference cannot be captured as a CUDA "
+                f"graph ({exc}); run it without cuda_graph"
+            ) from None
+
+    def _enqueue(self, stream_handle: int) -> None:
+        if not self.context.execute_async_v3(stream_handle):
+            raise LeanEyeError(f"{self.plan_path}: TensorRT failed to enqueue the inference (its log says why)")
 
     def _infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         if tuple(tensor.shape) != self.input_shape:
@@ -108,15 +136,17 @@ class TensorRTBackend(Backend):
         buffers = self.buffers
         np.copyto(buffers.host(self.input_name), tensor, casting="same_kind")
         buffers.to_device(self.input_name)
-        if not self.context.execute_async_v3(buffers.stream_handle):
-            raise LeanEyeError(f"{self.plan_path}: TensorRT failed to enqueue the inference (its log says why)")
+        if self.cuda_graph:
+            buffers.launch_graph()
+        else:
+            self._enqueue(buffers.stream_handle)
         for name in self.output_names:
             buffers.to_host(name)
         buffers.synchronize()
         return [buffers.host(name).copy() for name in self.output_names]
 
     def _deactivate(self) -> None:
-        # The context uses the buffers: it goes first.
+        # The context uses the buffers: it goes first (the CUDA graph goes with the buffers).
         self.context = None
         self.engine = None
         self.runtime = None

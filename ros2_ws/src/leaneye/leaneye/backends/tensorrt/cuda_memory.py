@@ -1,10 +1,13 @@
 """Pinned host and device buffers for a plan's inputs and outputs, and the one CUDA stream they move
 on, through cuda-python's runtime API. Pinned host memory is what lets the copies run asynchronously
-on the stream; one stream keeps copy in, inference and copy out in order without host waits."""
+on the stream; one stream keeps copy in, inference and copy out in order without host waits. The
+inference itself may be captured once as a CUDA graph and replayed per frame (`capture_graph`), which
+spares TensorRT's per-enqueue host work: the pattern of TensorRT's developer guide ("CUDA Graphs")."""
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,6 +20,7 @@ class StreamBuffers:
     def __init__(self, cudart, tensors: dict[str, tuple[tuple[int, ...], np.dtype]]):
         self.cudart = cudart
         self.stream = None
+        self._graph = self._graph_exec = None
         self._host_pointers: list[int] = []
         self._device_pointers: list[int] = []
         self._host: dict[str, np.ndarray] = {}
@@ -60,12 +64,38 @@ class StreamBuffers:
         result = self.cudart.cudaMemcpyAsync(host.ctypes.data, self._device[name], host.nbytes, kind, self.stream)
         cuda_check(self.cudart, result, f"copy of {name!r} to the host failed")
 
+    def capture_graph(self, enqueue: Callable[[int], None]) -> None:
+        """Capture what `enqueue(stream_handle)` puts on the stream as a CUDA graph, for `launch_graph`.
+        The graph holds the buffers' addresses: it is freed with them."""
+        cudart = self.cudart
+        # Thread-local: other threads' CUDA calls (another node, PyTorch) may go on during the capture.
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        cuda_check(cudart, cudart.cudaStreamBeginCapture(self.stream, mode), "cannot begin capturing the stream")
+        try:
+            enqueue(self.stream_handle)
+        finally:
+            # Ended whatever the enqueue did: a stream left capturing refuses all later work.
+            error, graph = cudart.cudaStreamEndCapture(self.stream)
+            self._graph = graph if error == cudart.cudaError_t.cudaSuccess else None
+        cuda_check(cudart, (error,), "the stream capture failed")
+        self._graph_exec = cuda_check(
+            cudart, cudart.cudaGraphInstantiate(self._graph, 0), "cannot instantiate the graph"
+        )
+
+    def launch_graph(self) -> None:
+        cuda_check(self.cudart, self.cudart.cudaGraphLaunch(self._graph_exec, self.stream), "the graph launch failed")
+
     def synchronize(self) -> None:
         cuda_check(self.cudart, self.cudart.cudaStreamSynchronize(self.stream), "the stream failed")
 
     def free(self) -> None:
         """Free everything; safe to call twice. Errors while freeing are not raised: the memory is lost
         either way, and the caller is already leaving."""
+        if self._graph_exec is not None:
+            self.cudart.cudaGraphExecDestroy(self._graph_exec)
+        if self._graph is not None:
+            self.cudart.cudaGraphDestroy(self._graph)
+        self._graph = self._graph_exec = None
         self._host.clear()
         self._device.clear()
         for pointer in self._device_pointers:

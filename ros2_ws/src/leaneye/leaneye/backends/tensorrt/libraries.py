@@ -13,7 +13,7 @@ TENSORRT_INSTALL = (
     "the tensorrt Python package (TensorRT 10.x or 11.x): on a Jetson it comes with JetPack "
     "(sudo apt install python3-libnvinfer), on a desktop GPU: pip install tensorrt"
 )
-CUDA_INSTALL = "cuda-python's cuda.bindings (pip install cuda-bindings, of the CUDA major version TensorRT uses)"
+CUDA_INSTALL = "cuda-python's cuda.bindings (pip install 'cuda-bindings>=12.9,<13', or leaneye[tensorrt])"
 
 
 def import_tensorrt(where: str):
@@ -33,11 +33,12 @@ def import_cudart(where: str):
 
 
 def cuda_check(cudart, result, what: str):
-    """The value(s) of a cuda-python call, which returns (error, values...); a failure is one line."""
+    """The value(s) of a cuda-python call, which returns (error, values...); a failure is one line
+    naming the error as CUDA does (e.g. cudaErrorInsufficientDriver: no driver, or one too old)."""
     error, values = result[0], result[1:]
     if error != cudart.cudaError_t.cudaSuccess:
         _, text = cudart.cudaGetErrorString(error)
-        raise LeanEyeError(f"CUDA {what}: {text.decode() if isinstance(text, bytes) else text}")
+        raise LeanEyeError(f"CUDA {what}: {text.decode() if isinstance(text, bytes) else text} ({error.name})")
     return values[0] if len(values) == 1 else values
 
 
