@@ -37,14 +37,19 @@ def model_payload(model: LeanDet, class_names, state_dict: dict | None = None) -
     }
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write `payload` (`model_payload(...)` plus any extra keys) as a version-2 checkpoint."""
+def checkpoint_bytes(payload: dict) -> bytes:
+    """`payload` (`model_payload(...)` plus any extra keys) as the bytes of a version-2 checkpoint."""
     missing = {"model_config", "layer_channels", "class_names", "state_dict"} - set(payload)
     if missing:
         raise ValueError(f"checkpoint payload lacks {sorted(missing)}; build it with model_payload()")
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write `payload` as a version-2 checkpoint, atomically."""
+    atomic_write_bytes(path, checkpoint_bytes(payload))
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -388,6 +388,24 @@ def test_a_bad_parameter_at_start_fails_configure_naming_it(graph, constant_engi
     assert "class_id: expected one of index, name, got 'label'" in error
 
 
+@pytest.mark.parametrize(
+    "parameters, reason",
+    [
+        ({"device": "cuda:0"}, "option device='cuda:0' is not supported; it runs on cpu"),
+        ({"backend_options": ["fp16=true"]}, "unknown extra option 'fp16'"),
+        ({"backend_options": ["fp16"]}, "parameter backend_options: expected KEY=VALUE"),
+    ],
+)
+def test_backend_parameters_the_backend_refuses_fail_configure_in_one_line(
+    graph, constant_engine, capfd, parameters, reason
+):
+    node = detector(graph, constant_engine, **parameters)
+    graph.spin_for(1.0)
+    assert node.detector is None
+    [error] = [line for line in capfd.readouterr().err.splitlines() if "configure failed" in line]
+    assert reason in error
+
+
 def test_an_image_topic_that_never_publishes_is_reported_once(graph, constant_engine, capfd, monkeypatch):
     monkeypatch.setattr("leaneye.ros.detector_node.NO_IMAGE_WARNING_S", 1.0)
     node = detector(graph, constant_engine, input_type="image", image_topic="/silent_camera")

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "leaneye_compress.cli.report",
     "leaneye_compress.cli.build",
     "leaneye_compress.cli.engine",
+    "leaneye_compress.cli.bench_gpu",
 ]
 
 

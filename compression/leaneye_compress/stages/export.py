@@ -21,11 +21,13 @@ import torch
 from leaneye.engine import Manifest, file_sha256, tool_versions, write_engine
 from leaneye.errors import LeanEyeError
 
-from ..checkpoint import load_model
+from ..checkpoint import checkpoint_bytes, load_model, model_payload
 from ..models import contract
 from ..models.detector import DecodedOutputs, LeanDet
 
 OPSET = 17
+# The model file of an engine directory, per backend that runs LeanDet exports.
+MODEL_FILES = {"onnxruntime": "model.onnx", "pytorch": "model.pt"}
 OUTPUT_NAME = "output"
 MAX_DIFFERENCE = 1e-3
 
@@ -39,17 +41,23 @@ EXPORTER_NOISE = {
 
 
 def builtin_manifest(
-    model: LeanDet, class_names, model_sha256: str = "", precision: str = "fp32", record: dict | None = None
+    model: LeanDet,
+    class_names,
+    model_sha256: str = "",
+    precision: str = "fp32",
+    record: dict | None = None,
+    backend: str = "onnxruntime",
 ) -> Manifest:
     """How a runtime feeds and decodes this model (the sha is filled in when the file is written).
 
-    `record` (what the export stage did) goes into the manifest's producer field.
+    `record` (what the export stage did) goes into the manifest's producer field; `backend` is
+    "onnxruntime" (model.onnx) or "pytorch" (model.pt, the checkpoint itself).
     """
     c = model.config
     return Manifest(
-        backend="onnxruntime",
+        backend=backend,
         precision=precision,
-        model="model.onnx",
+        model=MODEL_FILES[backend],
         model_sha256=model_sha256,
         input=contract.input_spec((c.input_height, c.input_width)),
         letterbox_align=contract.LETTERBOX_ALIGN,
@@ -152,6 +160,18 @@ def _check_finite_weights(checkpoint: Path, model: LeanDet) -> None:
     for name, tensor in model.state_dict().items():
         if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
             raise LeanEyeError(f"{checkpoint}: weight {name!r} holds NaN or infinite values; refusing to export it")
+
+
+def export_pytorch_engine(checkpoint: Path, out: Path, force: bool = False) -> dict:
+    """Checkpoint → engine directory for the PyTorch backend: the model's weights alone (no training
+    state) as model.pt, and the manifest the ONNX export would have, with `"backend": "pytorch"`."""
+    model, meta = load_model(checkpoint)
+    _check_finite_weights(checkpoint, model)
+    data = checkpoint_bytes(model_payload(model, meta["class_names"]))
+    record = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(Path(checkpoint))}
+    manifest = builtin_manifest(model, meta["class_names"], record=record, backend="pytorch")
+    written = write_engine(out, data, manifest.to_dict(), force=force)
+    return {**record, "engine": str(out), "model_bytes": len(data), "model_sha256": written.model_sha256}
 
 
 def export_engine(checkpoint: Path, out: Path, force: bool = False) -> dict:

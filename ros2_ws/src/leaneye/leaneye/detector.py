@@ -6,7 +6,8 @@ postprocessing (`leaneye.vision.postprocess`), each timed.
     detections.boxes, detections.scores, detections.class_ids, detections.names, detections.timings
 
 How the per-frame work outside the backend is kept small: `leaneye.vision.preprocess` and
-`leaneye.vision.postprocess`.
+`leaneye.vision.postprocess`. A backend on a GPU may offer all three stages on its device
+(`Backend.device_pipeline`); the Detector then uses those instead (docs/gpu-pipeline.md).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Detector:
         self.backend = backend
         self.postprocessor = Postprocessor(manifest, settings)
         self.input = InputTensor(manifest.input, manifest.letterbox_align, manifest.letterbox_pad_value)
+        self.on_device = backend.device_pipeline(manifest, settings)  # None: the CPU stages above
         # The last frame's backend outputs, letterbox transform and size, for `redetect`.
         self._last: tuple | None = None
 
@@ -56,8 +58,11 @@ class Detector:
         max_detections: int = 300,
         class_agnostic: bool = False,
         threads: int = 0,
+        device: str | None = None,
+        extra: dict | None = None,
     ) -> Detector:
-        """Load, check and activate the engine in `engine_dir`; `threads` 0 = the backend's default."""
+        """Load, check and activate the engine in `engine_dir`; `threads` 0 = the backend's default,
+        `device` None = the backend's default device, `extra` = backend-specific options."""
         settings = DetectionSettings(conf, iou, max_detections, class_agnostic)
         manifest = load_manifest(engine_dir)
         backend = load_backend(
@@ -65,7 +70,7 @@ class Detector:
             model_file(engine_dir, manifest),
             manifest.input.name,
             manifest.input.shape,
-            BackendOptions(threads=threads),
+            BackendOptions(threads=threads, device=device, extra=dict(extra or {})),
             manifest.target,
         )
         detector = cls(manifest, backend, settings)
@@ -88,6 +93,8 @@ class Detector:
         """New thresholds from the next frame on (the detector node's live parameters): the postprocessor
         is replaced whole, so a frame in progress finishes with the old one."""
         self.postprocessor = Postprocessor(self.manifest, settings)
+        if self.on_device is not None:
+            self.on_device = self.backend.device_pipeline(self.manifest, settings)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -131,15 +138,27 @@ class Detector:
         return self.input.fill(frame)
 
     def detect(self, frame: np.ndarray) -> Detections:
-        """Detect objects in one BGR uint8 frame (H, W, 3)."""
+        """Detect objects in one BGR uint8 frame (H, W, 3): on the CPU around the backend's `infer`, or
+        on the backend's device when it offers that (synchronised after each stage, a few microseconds,
+        so that each stage's time is its own)."""
+        on_device = self.on_device
         start = time.perf_counter()
-        transform = self.preprocess(frame)
-        preprocessed = time.perf_counter()
-        outputs = self.backend.infer(self.input.tensor)
+        if on_device is None:
+            transform = self.preprocess(frame)
+            preprocessed = time.perf_counter()
+            outputs = self.backend.infer(self.input.tensor)
+        else:
+            check_frame(frame)
+            tensor, transform = on_device.preprocess(frame)
+            on_device.synchronize()
+            preprocessed = time.perf_counter()
+            outputs = on_device.infer(tensor)
+            on_device.synchronize()
         inferred = time.perf_counter()
         image_size = frame.shape[:2]
         self._last = (outputs, transform, image_size)
-        boxes, scores, class_ids = self.postprocessor.run(outputs, transform, image_size)
+        postprocess = self.postprocessor.run if on_device is None else on_device.postprocess
+        boxes, scores, class_ids = postprocess(outputs, transform, image_size)
         done = time.perf_counter()
         timings = {
             "preprocess": (preprocessed - start) * 1e3,
@@ -154,6 +173,9 @@ class Detector:
         if self._last is None:
             raise LeanEyeError("redetect: no frame has been detected yet")
         start = time.perf_counter()
-        boxes, scores, class_ids = postprocessor.run(*self._last)
+        outputs, transform, image_size = self._last
+        if self.on_device is not None:
+            outputs = self.on_device.to_host(outputs)
+        boxes, scores, class_ids = postprocessor.run(outputs, transform, image_size)
         timings = {"postprocess": (time.perf_counter() - start) * 1e3}
         return Detections(boxes, scores, class_ids, self.class_names, self._last[2], timings)

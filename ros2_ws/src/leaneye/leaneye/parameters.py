@@ -88,6 +88,10 @@ DETECTOR_PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec("qos_depth", 1, "image subscription queue depth", low=1, high=100),
     ParameterSpec("num_threads", 0, "inference threads (0: the backend's default)", low=0, high=1024),
+    ParameterSpec("device", "", "where the backend runs: cpu, cuda:0, ... (empty: the backend's first device)"),
+    ParameterSpec(
+        "backend_options", (), "backend-specific options as KEY=VALUE, e.g. cuda_graph=true (docs/backends.md)"
+    ),
     ParameterSpec(
         "publish_debug_image", True, "offer ~/debug_image (annotated frames, built only while someone subscribes)"
     ),

@@ -71,6 +71,8 @@ class ReplayOptions:
     max_detections: int = 300
     class_id: str = "index"  # hypothesis.class_id: "index" (as a string) or "name"
     threads: int = 0  # inference threads, 0 = the backend's default
+    device: str | None = None  # where the backend runs, None = its default device
+    extra: dict = field(default_factory=dict)  # backend-specific options (BackendOptions.extra)
     evaluate: bool = True  # score against the bag's ground truth when it carries some
     bootstrap: int = EVAL_PROTOCOL.bootstrap  # resamples of the frames for the mAP intervals
     seed: int = 0  # of the bootstrap
@@ -336,6 +338,8 @@ def replay_bag(
                 iou=published.iou,
                 max_detections=published.max_detections,
                 threads=options.threads,
+                device=options.device,
+                extra=options.extra,
             )
         )
         scoring = None

@@ -12,7 +12,7 @@ import abc
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -24,21 +24,67 @@ MAX_THREADS = 1024
 @dataclass(frozen=True)
 class BackendOptions:
     """What the caller asks of a backend: `threads` 0 means the library's own default; `device` names
-    where to run ("cpu", "cuda:0", ...); `extra` holds backend-specific settings by name. A backend
-    refuses the options it does not honour (`Backend.devices`, `honours_threads`, `extra_options`)."""
+    where to run ("cpu", "cuda:0", ...; None: the backend's first device); `extra` holds
+    backend-specific settings by name. A backend refuses the options it does not honour
+    (`Backend.devices`, `honours_threads`, `extra_options`)."""
 
     threads: int = 0
-    device: str = "cpu"
+    device: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         threads = self.threads
         if not isinstance(threads, int) or isinstance(threads, bool) or not 0 <= threads <= MAX_THREADS:
             raise LeanEyeError(f"threads: expected 0 (the backend's default) to {MAX_THREADS}, got {threads}")
-        if not isinstance(self.device, str) or not self.device:
-            raise LeanEyeError(f"device: expected a device name such as 'cpu', got {self.device!r}")
+        if self.device is not None and (not isinstance(self.device, str) or not self.device):
+            raise LeanEyeError(f"device: expected a device name such as 'cpu' or 'cuda:0', got {self.device!r}")
         if not isinstance(self.extra, dict) or not all(isinstance(key, str) for key in self.extra):
             raise LeanEyeError(f"extra: expected a mapping of option names to values, got {self.extra!r}")
+
+
+class DevicePipeline(Protocol):
+    """A frame's three stages on a backend's device (a GPU), for backends that offer them
+    (`Backend.device_pipeline`): arrays stay on the device from the uploaded frame to the kept boxes.
+    Each stage may return before its work is done; `synchronize` waits for it."""
+
+    def preprocess(self, frame: np.ndarray) -> tuple[object, object]:
+        """Upload, letterbox and normalise a BGR uint8 frame: (input tensor on the device, LetterboxTransform)."""
+
+    def infer(self, tensor) -> list:
+        """The network's outputs, on the device."""
+
+    def postprocess(self, outputs: list, transform, image_size: tuple[int, int]) -> tuple:
+        """Decode + NMS on the device: (boxes, scores, class_ids) as host NumPy arrays in frame pixels."""
+
+    def synchronize(self) -> None: ...
+
+    def to_host(self, outputs: list) -> list[np.ndarray]:
+        """Outputs as host float32 arrays, for the CPU postprocessor."""
+
+
+def parse_extra_options(items, where: str) -> dict:
+    """`KEY=VALUE` strings (a CLI's repeated `--backend-option`, the node's `backend_options`) as
+    `BackendOptions.extra`: true/false become booleans, integers ints, anything else stays a string."""
+    extra = {}
+    for item in items:
+        key, separator, text = item.partition("=")
+        if not separator or not key.isidentifier():
+            raise LeanEyeError(f"{where}: expected KEY=VALUE such as cuda_graph=true, got {item!r}")
+        if key in extra:
+            raise LeanEyeError(f"{where}: {key} given twice")
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            extra[key] = lowered == "true"
+        elif re.fullmatch(r"[+-]?\d+", text.strip()):
+            extra[key] = int(text)
+        else:
+            extra[key] = text
+    return extra
+
+
+def format_extra_options(extra: dict) -> list[str]:
+    """The inverse of `parse_extra_options`, for handing options on as a node parameter."""
+    return [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in extra.items()]
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -53,7 +99,7 @@ class Backend(abc.ABC):
     so that the caller's timing of `infer` is the whole inference)."""
 
     name: ClassVar[str]  # the registry's name for it, as in manifests; also labels its inference call
-    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)  # the first is the default
     honours_threads: ClassVar[bool] = False
     extra_options: ClassVar[frozenset[str]] = frozenset()
 
@@ -71,15 +117,16 @@ class Backend(abc.ABC):
         self.input_name = input_name
         self.input_shape = tuple(input_shape)
         self.options = options if options is not None else BackendOptions()
+        self.device = self.options.device or self.devices[0]
         self._check_options()
         self._load(target)
         self._active = False
 
     def _check_options(self) -> None:
         options, where = self.options, f"backend {self.name!r}"
-        if options.device not in self.devices:
+        if self.device not in self.devices:
             raise LeanEyeError(
-                f"{where}: option device={options.device!r} is not supported; it runs on {', '.join(self.devices)}"
+                f"{where}: option device={self.device!r} is not supported; it runs on {', '.join(self.devices)}"
             )
         if options.threads and not self.honours_threads:
             raise LeanEyeError(
@@ -101,6 +148,12 @@ class Backend(abc.ABC):
                 f"{self.model_path}: manifest field 'target.{key}' is {value!r}, but backend {self.name!r} "
                 f"checks no target"
             )
+
+    def device_pipeline(self, manifest, settings) -> DevicePipeline | None:
+        """Pre- and post-processing on this backend's device for `manifest` at `settings`
+        (`leaneye.vision.postprocess.DetectionSettings`), or None (this default): the Detector then
+        runs its CPU stages around `infer`."""
+        return None
 
     @property
     def active(self) -> bool:

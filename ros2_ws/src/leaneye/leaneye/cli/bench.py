@@ -24,6 +24,7 @@ from .options import (
     add_force_option,
     add_image_topic_option,
     add_json_option,
+    backend_settings,
     frame_rate,
     int_in,
 )
@@ -42,7 +43,7 @@ def run_bench_overhead(args) -> int:
     with contextlib.ExitStack() as stack:
         frames = FrameCycle(args.sources, args.topic, args.frames, stack)
         detector = stack.enter_context(
-            Detector.from_engine(args.engine, conf=args.conf, iou=args.iou, threads=args.threads)
+            Detector.from_engine(args.engine, conf=args.conf, iou=args.iou, **backend_settings(args))
         )
         result = measure_overhead(detector, frames, args.runs)
         input_h, input_w = detector.manifest.input.size
@@ -102,7 +103,7 @@ def run_bench_ros(args) -> int:
         modes=modes,
         conf=args.conf,
         iou=args.iou,
-        threads=args.threads,
+        **backend_settings(args),
     )
     result = ros_bench.run_bench(config, profile)
     print_ros_bench(result)

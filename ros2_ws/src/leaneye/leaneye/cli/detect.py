@@ -27,7 +27,13 @@ from pathlib import Path
 from ..atomic import atomic_write_text, check_output_path
 from ..errors import LeanEyeError
 from ..image_io import image_paths, read_image
-from .options import add_detection_options, add_engine_option, add_force_option, add_max_detections_option
+from .options import (
+    add_detection_options,
+    add_engine_option,
+    add_force_option,
+    add_max_detections_option,
+    backend_settings,
+)
 
 
 def coco_results(records: list) -> dict:
@@ -80,7 +86,7 @@ def run_detect(args) -> int:
         iou=args.iou,
         max_detections=args.max_detections,
         class_agnostic=args.agnostic,
-        threads=args.threads,
+        **backend_settings(args),
     ) as detector:
         for path in tqdm(paths, desc="detect", unit="image", file=sys.stderr, disable=len(paths) < 10):
             try:

@@ -14,12 +14,13 @@ from ..errors import LeanEyeError
 from ..eval import EVAL_PROTOCOL, GroundTruth, ImageDetections, coco_ground_truth, evaluate, kitti_ground_truth
 from ..image_io import read_image
 from .options import (
+    add_backend_options,
     add_bootstrap_option,
     add_engine_option,
     add_force_option,
     add_json_option,
     add_seed_option,
-    add_threads_option,
+    backend_settings,
 )
 
 
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
     source.add_argument("--scenes", type=Path, help="generated dataset folder: annotations.json (COCO) and images/")
     add_bootstrap_option(parser)
     add_seed_option(parser, "the bootstrap resampling")
-    add_threads_option(parser)
+    add_backend_options(parser)
     add_json_option(parser, "the result")
     add_force_option(parser, "--json file")
     parser.set_defaults(func=run)
@@ -74,7 +75,7 @@ def run(args) -> int:
     ground_truth, image_dir = load_ground_truth(args)
     with Detector.from_engine(
         args.engine,
-        threads=args.threads,
+        **backend_settings(args),
         **EVAL_PROTOCOL.detector_settings(),
     ) as detector:
         detections = detect_all(detector, ground_truth, image_dir)

@@ -52,12 +52,31 @@ def add_engine_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", required=True, type=Path, help="engine directory (model + manifest.json)")
 
 
-def add_threads_option(parser: argparse.ArgumentParser) -> None:
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0 = the backend's default)")
+    parser.add_argument(
+        "--device", help="where the backend runs: cpu, cuda:0, ... (default: the engine's backend's first device)"
+    )
+    parser.add_argument(
+        "--backend-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a backend-specific option, repeatable: cuda_graph=true (tensorrt, pytorch), fp16=false (pytorch); "
+        "docs/backends.md",
+    )
+
+
+def backend_settings(args: argparse.Namespace) -> dict:
+    """--threads, --device and --backend-option as Detector.from_engine's keyword arguments."""
+    from ..backends import parse_extra_options
+
+    extra = parse_extra_options(args.backend_option, "--backend-option")
+    return {"threads": args.threads, "device": args.device, "extra": extra}
 
 
 def add_detection_options(parser: argparse.ArgumentParser, conf_help: str = "score threshold") -> None:
-    """--conf, --iou and --threads, as detect, bench and replay take them."""
+    """--conf, --iou, --threads and --device, as detect, bench and replay take them."""
     parser.add_argument(
         "--conf",
         type=float_in("--conf", "a score threshold in [0, 1]", 0.0, 1.0),
@@ -70,7 +89,7 @@ def add_detection_options(parser: argparse.ArgumentParser, conf_help: str = "sco
         default=0.45,
         help="NMS IoU threshold (default: %(default)s)",
     )
-    add_threads_option(parser)
+    add_backend_options(parser)
 
 
 def add_max_detections_option(parser: argparse.ArgumentParser) -> None:

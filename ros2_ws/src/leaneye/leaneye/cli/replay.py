@@ -26,6 +26,7 @@ from .options import (
     add_json_option,
     add_max_detections_option,
     add_storage_option,
+    backend_settings,
 )
 
 # The handler imports the replay itself: building the parser must not load onnxruntime or rosbags.
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         iou=args.iou,
         max_detections=args.max_detections,
         class_id=args.class_id,
-        threads=args.threads,
+        **backend_settings(args),
         evaluate=not args.no_eval,
         bootstrap=args.bootstrap,
     )

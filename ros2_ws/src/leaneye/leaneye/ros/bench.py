@@ -49,6 +49,7 @@ from sensor_msgs.msg import Image, TimeReference
 from vision_msgs.msg import Detection2DArray
 
 from .. import msgs
+from ..backends import format_extra_options
 from ..bench import FrameCycle
 from ..detector import Detector
 from ..errors import LeanEyeError, first_line
@@ -94,6 +95,8 @@ class BenchConfig:
     conf: float = 0.25
     iou: float = 0.45
     threads: int = 0
+    device: str | None = None
+    extra: dict = dataclasses.field(default_factory=dict)  # BackendOptions.extra
 
 
 # --- the profile -------------------------------------------------------------------------------
@@ -307,7 +310,11 @@ def _detector_answers() -> dict[str, tuple[type, str]]:
 
 
 def _detector_parameters(config: BenchConfig) -> dict[str, Any]:
-    return {
+    # device and backend_options only when given: an empty list has no parameter type to infer.
+    backend = {"device": config.device} if config.device else {}
+    if config.extra:
+        backend["backend_options"] = format_extra_options(config.extra)
+    return backend | {
         "engine_dir": str(config.engine),
         "image_topic": IMAGE_TOPIC,
         "input_type": "image",
@@ -370,7 +377,14 @@ def _measure_processes(config: BenchConfig, frames: FrameCycle, log_dir: Path) -
     ros_args = [item for name, value in _detector_parameters(config).items() for item in ("-p", f"{name}:={value}")]
     with contextlib.ExitStack() as stack:
         detector = stack.enter_context(
-            Detector.from_engine(config.engine, conf=config.conf, iou=config.iou, threads=config.threads)
+            Detector.from_engine(
+                config.engine,
+                conf=config.conf,
+                iou=config.iou,
+                threads=config.threads,
+                device=config.device,
+                extra=config.extra,
+            )
         )
         context = stack.enter_context(_context())
         client = Client(context, "reliable", _detector_answers())

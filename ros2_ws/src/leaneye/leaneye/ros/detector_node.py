@@ -33,6 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from .. import msgs
+from ..backends import parse_extra_options
 from ..detector import Detector
 from ..errors import LeanEyeError, first_line
 from ..latency import RecentFrames
@@ -95,6 +96,8 @@ class DetectorNode(LifecycleNode):
                 iou=values["iou_threshold"],
                 max_detections=values["max_detections"],
                 threads=values["num_threads"],
+                device=values["device"] or None,
+                extra=parse_extra_options(values["backend_options"], "parameter backend_options"),
             )
             self.processor = FrameProcessor(self.detector, self.types, values["class_id"], classes=values["classes"])
         except Exception as exc:  # one line naming the file and the reason: no traceback, no retry loop
