@@ -22,6 +22,12 @@ class cudaError_t(enum.IntEnum):
 class cudaMemcpyKind(enum.IntEnum):
     cudaMemcpyHostToDevice = 1
     cudaMemcpyDeviceToHost = 2
+    cudaMemcpyDeviceToDevice = 3
+
+
+class cudaMemoryType(enum.IntEnum):
+    cudaMemoryTypeHost = 1
+    cudaMemoryTypeDevice = 2
 
 
 class cudaStreamCaptureMode(enum.IntEnum):
@@ -121,6 +127,8 @@ def fake_cudart(device_name: str = "NVIDIA H200", capability: tuple[int, int] = 
         "cudaMalloc": lambda nbytes: allocate("device", nbytes),
         "cudaFree": lambda pointer: release("device", pointer),
         "cudaMemcpyAsync": memcpy,
+        # Its "device" memory is host memory, and it says so.
+        "cudaPointerGetAttributes": lambda pointer: ok(types.SimpleNamespace(type=cudaMemoryType.cudaMemoryTypeHost)),
         "cudaStreamBeginCapture": begin_capture,
         "cudaStreamEndCapture": end_capture,
         "cudaGraphInstantiate": instantiate,
@@ -138,10 +146,11 @@ def fake_cudart(device_name: str = "NVIDIA H200", capability: tuple[int, int] = 
 
     for name, function in api.items():
         setattr(module, name, counted(name, function))
-    module.cudaError_t, module.cudaMemcpyKind, module.cudaStreamCaptureMode = (
+    module.cudaError_t, module.cudaMemcpyKind, module.cudaStreamCaptureMode, module.cudaMemoryType = (
         cudaError_t,
         cudaMemcpyKind,
         cudaStreamCaptureMode,
+        cudaMemoryType,
     )
 
     def fake_enqueue(stream_handle: int, work) -> None:

@@ -662,3 +662,45 @@ def test_cuda_graph_replays_the_inference_and_frees_it(fake_gpu, tmp_path):
         LeanEyeError, match=r"^backend 'tensorrt': extra option cuda_graph: expected true or false, got 'yes'$"
     ):
         Detector.from_engine(out, extra={"cuda_graph": "yes"})
+
+
+def test_pre_and_post_processing_go_to_the_device_where_torch_is_installed(fake_gpu, tmp_path):
+    """With leaneye_compress's `torch` device stages: the frame is letterboxed by torch, handed to the plan
+    by a device-to-device copy and its outputs decoded by torch; here on the FAKE cudart, whose "device"
+    memory is host memory (CUDA says so), so torch works on the CPU. Same detections as the CPU stages."""
+    pytest.importorskip("torch", reason="the device stages are leaneye_compress's, with PyTorch")
+    from leaneye.detector import Detector
+
+    out = on_target_engine(tmp_path)
+    _, cuda = fake_gpu("10.16.1.11")
+    with Detector.from_engine(out, extra={"device_pipeline": False}) as detector:
+        assert detector.on_device is None
+        expected = detector.detect(FRAME)
+    for extra in ({}, {"cuda_graph": True}):
+        detector = Detector.from_engine(out, extra=extra)
+        assert type(detector.on_device).__name__ == "TensorRTTorchStages"
+        copies = cuda.fake_calls["cudaMemcpyAsync"]
+        found = detector.detect(FRAME)
+        # One copy in and one per output, all within the device: none of them through the host.
+        assert cuda.fake_calls["cudaMemcpyAsync"] - copies == 1 + len(detector.backend.output_names)
+        detector.deactivate()
+        detector.activate()  # new buffers: the stages bind to them
+        again = detector.detect(FRAME)
+        detector.deactivate()
+        for detections in (found, again):
+            assert np.array_equal(detections.class_ids, expected.class_ids)
+            np.testing.assert_allclose(detections.boxes, expected.boxes, atol=1.0)
+    assert cuda.fake_live == {}
+
+
+def test_without_torch_the_tensorrt_backend_keeps_the_cpu_stages(fake_gpu, tmp_path):
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("checks the environment without PyTorch (make test-numpy1)")
+    from leaneye.backends.registry import device_stages_factory
+    from leaneye.detector import Detector
+
+    out = on_target_engine(tmp_path)
+    fake_gpu("10.16.1.11")
+    assert device_stages_factory() is None
+    with Detector.from_engine(out) as detector:
+        assert detector.on_device is None and len(detector.detect(FRAME).boxes) == 2

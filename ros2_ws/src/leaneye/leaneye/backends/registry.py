@@ -15,6 +15,7 @@ from ..errors import LeanEyeError, first_line
 from .base import Backend, BackendOptions
 
 ENTRY_POINT_GROUP = "leaneye.backends"
+DEVICE_STAGES_GROUP = "leaneye.device_stages"
 # Written as entry points are, so that built-in and plug-in backends load the same way.
 BUILTIN_BACKENDS = {
     "onnxruntime": "leaneye.backends.onnxruntime:OnnxRuntimeBackend",
@@ -39,6 +40,20 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
             taken = "the built-in backend" if entry_point.name in BUILTIN_BACKENDS else _describe(known)
             raise LeanEyeError(f"{_describe(entry_point)}: the name {entry_point.name!r} is taken by {taken}")
     return found
+
+
+@functools.cache
+def device_stages_factory():
+    """Pre/post-processing on the device for backends whose tensors are raw CUDA memory (TensorRT):
+    the first loadable entry point of group `leaneye.device_stages` (name: the array library it uses;
+    value: `module:function(manifest, settings, backend) -> DevicePipeline | None`), or None when none
+    is installed or its library is missing (then the CPU stages run)."""
+    for entry_point in sorted(metadata.entry_points(group=DEVICE_STAGES_GROUP), key=lambda point: point.name):
+        try:
+            return entry_point.load()
+        except ImportError:  # leaneye_compress installed without torch, say
+            continue
+    return None
 
 
 def backend_names() -> list[str]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ...errors import LeanEyeError
 from ..base import Backend
+from ..registry import device_stages_factory
 from .cache import cached_plan
 from .cuda_memory import StreamBuffers
 from .libraries import cuda_check, import_cudart, import_tensorrt, running_platform
@@ -34,15 +35,16 @@ NUMPY_DTYPES = {
 class TensorRTBackend(Backend):
     name = "tensorrt"
     devices = tuple(f"cuda:{index}" for index in range(MAX_DEVICES))
-    # cuda_graph: capture the inference once at activate and replay it per frame (docs/tensorrt.md).
-    extra_options = frozenset({"cuda_graph"})
+    # cuda_graph: capture the inference once at activate and replay it per frame; device_pipeline:
+    # pre/post-processing on the GPU where a provider is installed (docs/tensorrt.md).
+    extra_options = frozenset({"cuda_graph", "device_pipeline"})
 
     def _load(self, target) -> None:
+        for key in self.extra_options:
+            value = self.options.extra.get(key)
+            if value is not None and not isinstance(value, bool):
+                raise LeanEyeError(f"backend 'tensorrt': extra option {key}: expected true or false, got {value!r}")
         self.cuda_graph = self.options.extra.get("cuda_graph", False)
-        if not isinstance(self.cuda_graph, bool):
-            raise LeanEyeError(
-                f"backend 'tensorrt': extra option cuda_graph: expected true or false, got {self.cuda_graph!r}"
-            )
         where = str(self.model_path)
         self.trt = import_tensorrt(where)
         self.cudart = import_cudart(where)
@@ -144,6 +146,42 @@ class TensorRTBackend(Backend):
             buffers.to_host(name)
         buffers.synchronize()
         return [buffers.host(name).copy() for name in self.output_names]
+
+    def device_pipeline(self, manifest, settings):
+        """Pre/post-processing on this GPU by the installed provider of device stages (entry points of
+        group `leaneye.device_stages`: leaneye_compress's, with PyTorch), or None: the CPU stages."""
+        if not self.options.extra.get("device_pipeline", True):
+            return None
+        factory = device_stages_factory()
+        return None if factory is None else factory(manifest, settings, self)
+
+    # What device stages use, between activate and deactivate: the plan's tensors and its stream.
+
+    def device_tensors(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Every input and output tensor of the plan: name -> (shape, NumPy dtype)."""
+        return {name: (array.shape, array.dtype) for name, array in self.buffers.host_arrays().items()}
+
+    @property
+    def stream_handle(self) -> int:
+        return self.buffers.stream_handle
+
+    def buffers_on_host(self) -> bool:
+        return self.buffers.on_host()
+
+    def infer_between(self, input_address: int, output_addresses: dict[str, int]) -> None:
+        """Queue, on the plan's stream: the input from device memory at `input_address`, the inference,
+        each output to its address in `output_addresses`. Nothing waits: `synchronize` does."""
+        buffers = self.buffers
+        buffers.copy_within_device(self.input_name, input_address, into_tensor=True)
+        if self.cuda_graph:
+            buffers.launch_graph()
+        else:
+            self._enqueue(buffers.stream_handle)
+        for name in self.output_names:
+            buffers.copy_within_device(name, output_addresses[name], into_tensor=False)
+
+    def synchronize(self) -> None:
+        self.buffers.synchronize()
 
     def _deactivate(self) -> None:
         # The context uses the buffers: it goes first (the CUDA graph goes with the buffers).

@@ -48,6 +48,10 @@ class StreamBuffers:
         """The pinned host array of tensor `name` (valid until `free`)."""
         return self._host[name]
 
+    def host_arrays(self) -> dict[str, np.ndarray]:
+        """Every tensor's pinned host array, by name."""
+        return dict(self._host)
+
     def device(self, name: str) -> int:
         """The device address of tensor `name`, for `IExecutionContext.set_tensor_address`."""
         return self._device[name]
@@ -63,6 +67,22 @@ class StreamBuffers:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         result = self.cudart.cudaMemcpyAsync(host.ctypes.data, self._device[name], host.nbytes, kind, self.stream)
         cuda_check(self.cudart, result, f"copy of {name!r} to the host failed")
+
+    def copy_within_device(self, name: str, address: int, into_tensor: bool) -> None:
+        """Copy tensor `name` from (`into_tensor`) or to the device memory at `address`, on the stream:
+        how pre/post-processing on the device hands frames to the plan and takes its outputs."""
+        nbytes = self._host[name].nbytes
+        source, destination = (address, self._device[name]) if into_tensor else (self._device[name], address)
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        result = self.cudart.cudaMemcpyAsync(destination, source, nbytes, kind, self.stream)
+        cuda_check(self.cudart, result, f"device copy of {name!r} failed")
+
+    def on_host(self) -> bool:
+        """Whether the "device" buffers are host memory (a machine whose CUDA runs on host memory, as
+        the tests' fake does); CUDA's own answer for the first buffer."""
+        pointer = next(iter(self._device.values()))
+        attributes = cuda_check(self.cudart, self.cudart.cudaPointerGetAttributes(pointer), "cannot query a buffer")
+        return attributes.type != self.cudart.cudaMemoryType.cudaMemoryTypeDevice
 
     def capture_graph(self, enqueue: Callable[[int], None]) -> None:
         """Capture what `enqueue(stream_handle)` puts on the stream as a CUDA graph, for `launch_graph`.
