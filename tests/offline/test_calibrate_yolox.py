@@ -24,7 +24,7 @@ def test_yolox_nano_falls_back_to_a_configuration_within_the_budget(tmp_path, sh
     config = tmp_path / "calibrate.yaml"
     config.write_text(
         "data: {max_frames: 64}\nmin_frames: 32\nbudget: {metric: mAP50, max_drop: 2.0}\n"
-        "fallback_step: 4\nmax_fallback: 8\nextra_steps: 0\nlatency_runs: 10\nthreads: 2\n"
+        "fallback_step: 2\nmax_fallback: 16\nextra_steps: 0\nlatency_runs: 10\nthreads: 2\n"
     )
     videos = sorted((shared_fixtures / "driving_video").glob("*.mp4"))
     out = tmp_path / "calibrated"
