@@ -3,9 +3,10 @@
     ros2 launch leaneye detector.launch.py engine:=engines/default
     ros2 launch leaneye detector.launch.py engine:=engines/default image_topic:=/carla/ego_vehicle/rgb_front/image
     ros2 launch leaneye detector.launch.py engine:=engines/default autostart:=false   # for a lifecycle manager
+    ros2 launch leaneye detector.launch.py engine:=engines/yolox_trt device:=cuda:0   # a TensorRT engine, first GPU
 
 Parameters come from params_file (default: share/leaneye/config/detector.yaml, every parameter with
-its default); engine, image_topic, input_type and autostart override it when given (empty: the
+its default); engine, image_topic, input_type, device and autostart override it when given (empty: the
 file's value). use_sim_time is passed as given. With autostart:=false the node waits unconfigured
 for `ros2 lifecycle set /leaneye configure` and `… activate` (or a lifecycle manager). Topics:
 /<namespace>/leaneye/detections, …/label_info, …/latency, …/debug_image. Docs: docs/ros.md,
@@ -25,6 +26,7 @@ ARGUMENTS = (
     ("engine", "", "engine directory (model + manifest.json); empty: params_file's engine_dir"),
     ("image_topic", "", "sensor_msgs/Image topic (CompressedImage: <topic>/compressed); empty: params_file's"),
     ("input_type", "", "image, compressed or auto; empty: params_file's"),
+    ("device", "", "where the backend runs: cpu, cuda:0, ...; empty: params_file's"),
     ("params_file", "", "detector parameters YAML; empty: share/leaneye/config/detector.yaml"),
     ("namespace", "", "namespace of the node (its topics become /<namespace>/leaneye/...)"),
     ("use_sim_time", "false", "true: the node's clock follows /clock"),
@@ -39,6 +41,7 @@ OVERRIDDEN = {
     "engine": "engine_dir",
     "image_topic": "image_topic",
     "input_type": "input_type",
+    "device": "device",
     "autostart": "autostart",
 }
 BOOLEANS = {"true": True, "false": False}

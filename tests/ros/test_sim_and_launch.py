@@ -435,7 +435,7 @@ def test_detector_launch_with_autostart_false_waits_for_configure_and_activate(g
     detections = listener.listen(Detection2DArray, topic)
     truth = listener.listen(Detection2DArray, GROUND_TRUTH_TOPIC)
     command = ["ros2", "launch", "leaneye", "detector.launch.py", f"engine:={constant_engine}", "autostart:=false"]
-    command.append("namespace:=vehicle")
+    command += ["namespace:=vehicle", "device:=cpu"]
     with started(command, tmp_path / "launch.log"):
         assert listener.state("/vehicle/leaneye") == "unconfigured"
         sim_camera(graph, rate=20.0, **SIZE)
