@@ -3,6 +3,11 @@ and the committed tiny engine (tests/data/tiny_engine, built by tests/data/make_
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +228,27 @@ def nan_on_lit_frames_nodes(rows: np.ndarray) -> tuple[list, list]:
         helper.make_node("Where", ["box_columns", "poisoned", "emitted"], ["output0"]),
     ]
     return nodes, [("box_columns", box_columns)]
+
+
+# --- long offline runs: interrupted once they have written a checkpoint ---------------------------
+
+
+def interrupt_at_first_checkpoint(argv: list[str], checkpoint: Path, env: dict | None = None) -> tuple[int, str]:
+    """Run `leaneye-compress ARGV` in a subprocess, send it Ctrl-C (SIGINT) once `checkpoint` exists (or
+    it has ended, or 300 s passed), and return its exit status and standard error."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "leaneye_compress.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return process.returncode, err

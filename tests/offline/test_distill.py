@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import interrupt_at_first_checkpoint
 from torch import nn
 
 from leaneye.errors import LeanEyeError
@@ -200,22 +199,11 @@ def test_ctrl_c_then_rerun_resumes_and_matches_an_uninterrupted_run(models, tmp_
     assert compress_main([*common, "--out", str(tmp_path / "straight")]) == 0
 
     resumed, work = tmp_path / "resumed", tmp_path / "resumed.work"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "leaneye_compress.cli", *common, "--out", str(resumed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},  # as here: the same arithmetic
+    # One thread, as here: the same arithmetic.
+    returncode, err = interrupt_at_first_checkpoint(
+        [*common, "--out", str(resumed)], work / "last.pt", env={"OMP_NUM_THREADS": "1"}
     )
-    try:
-        deadline = time.monotonic() + 300
-        while not (work / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 130, err
+    assert returncode == 130, err
     assert not resumed.exists()
     interrupted_at = read_checkpoint(work / "last.pt")["iteration"]
     assert 0 < interrupted_at < 16

@@ -4,14 +4,11 @@ uninterrupted run of the same config."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 import yaml
+from helpers import interrupt_at_first_checkpoint
 
 from leaneye_compress.checkpoint import read_checkpoint
 from leaneye_compress.cli import main as compress_main
@@ -41,21 +38,8 @@ def test_resume_after_ctrl_c_gives_the_weights_of_an_uninterrupted_run(tmp_path)
     assert compress_main([*common, "--out", str(straight)]) == 0
 
     resumed, work = tmp_path / "resumed", tmp_path / "resumed.work"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "leaneye_compress.cli", *common, "--out", str(resumed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (work / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 130, err
+    returncode, err = interrupt_at_first_checkpoint([*common, "--out", str(resumed)], work / "last.pt")
+    assert returncode == 130, err
     assert err.strip().splitlines()[-1] == "leaneye-compress: interrupted; nothing half-written was left behind"
     assert not resumed.exists()
     interrupted_at = read_checkpoint(work / "last.pt")["iteration"]
