@@ -21,6 +21,12 @@ from leaneye.errors import LeanEyeError
 RECORD_NAME = "record.json"
 
 
+def outcome(skipped: bool, unchanged: str) -> str:
+    """How a stage's command reports its output folder: kept (`run_stage` skipped it, its inputs being
+    the same `unchanged`, e.g. "inputs and config") or written."""
+    return f"up to date (same {unchanged}); kept" if skipped else "wrote"
+
+
 def describe_inputs(inputs: dict[str, Path]) -> dict[str, dict]:
     """{role: {"path", "sha256"}} of a stage's input files."""
     described = {}

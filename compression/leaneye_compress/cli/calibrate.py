@@ -7,6 +7,8 @@ from pathlib import Path
 
 from leaneye.cli.options import add_force_option
 
+from ..artifacts import outcome
+
 
 def _overridden(config, args: argparse.Namespace):
     """The config with the command line's flags applied (flags win over the YAML file)."""
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(CalibrateConfig, args.config) if args.config else CalibrateConfig()
     config = _overridden(config, args)
     record, skipped = calibrate(config, args.engine, args.out, force=args.force)
-    done = "up to date (same inputs and config); kept" if skipped else "wrote"
+    done = outcome(skipped, "inputs and config")
     print(f"{record['details']['why']}; {done} {args.out} (precision {record['metrics']['precision']})")
     return 0
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from leaneye.cli.options import add_force_option, int_in
 
+from ..artifacts import outcome
+
 
 def _config(args: argparse.Namespace):
     from ..config import from_mapping, load_config, to_mapping
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = record["metrics"]
     agreement = metrics["agreement_with_teacher"]
     before, after = metrics["before"]["heldout_distance_to_teacher"]["total"], metrics["heldout_distance_to_teacher"]
-    done = "up to date (same inputs and config); kept" if skipped else "wrote"
+    done = outcome(skipped, "inputs and config")
     f1 = agreement["mean_F1"]
     print(
         f"held-out mAP50 {metrics['mAP50']:.3f}, mAP50-95 {metrics['mAP50-95']:.3f}; agreement with the teacher: "

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from leaneye.cli.options import add_force_option
 
+from ..artifacts import outcome
+
 # BuildOptions' fields as this command's flags, for its errors.
 OPTION_FLAGS = {
     "precision": "--precision",
@@ -42,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
                 "--timing-cache: not used with --on-target (the first load keeps a timing cache beside its plan)"
             )
         _, skipped = carry_onnx(options, args.out, args.onnx, args.engine, force=args.force)
-        done = "up to date (same ONNX and options); kept" if skipped else "wrote"
+        done = outcome(skipped, "ONNX and options")
         print(f"{done} {args.out}: the ONNX and {args.precision} build options; its first load builds the plan")
         return 0
     record, skipped = build_engine(options, args.out, args.onnx, args.engine, args.timing_cache, force=args.force)
     details = record["details"]
-    done = "up to date (same ONNX, options and machine); kept" if skipped else "wrote"
+    done = outcome(skipped, "ONNX, options and machine")
     print(
         f"{done} {args.out}: {record['metrics']['plan_bytes']} byte plan, TensorRT {details['release_line']}, "
         f"flags {details['builder_flags'] or 'none'}{', strongly typed' if details['strongly_typed'] else ''}"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from leaneye.cli.options import add_force_option
 
+from ..artifacts import outcome
+
 
 def _overrides(args: argparse.Namespace) -> dict:
     """The config keys that command-line options set."""
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if "latency_ms" in after:
         line += f", ONNX Runtime CPU {before['latency_ms']:.1f} -> {after['latency_ms']:.1f} ms"
-    done = "up to date (same model and config); kept" if skipped else "wrote"
+    done = outcome(skipped, "model and config")
     print(f"{line}; {done} {args.out}")
     return 0
 

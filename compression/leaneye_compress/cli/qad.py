@@ -7,6 +7,8 @@ from pathlib import Path
 
 from leaneye.cli.options import add_force_option, int_in
 
+from ..artifacts import outcome
+
 
 def run(args: argparse.Namespace) -> int:
     from ..config import from_mapping, load_config, to_mapping
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         work_dir=args.work_dir,
     )
-    done = "up to date (same inputs and config); kept" if skipped else "wrote"
+    done = outcome(skipped, "inputs and config")
     print(f"{record['metrics']['verdict']}; {done} {args.out}")
     return 0
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from leaneye.cli.options import add_force_option
 from leaneye.errors import LeanEyeError
 
+from ..artifacts import outcome
+
 ENTRY_KEYS = ("engine", "checkpoint", "role")
 
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         config, entries, args.out, force=args.force, config_name=str(args.config) if args.config else ""
     )
     print((args.out / "report.md").read_text(encoding="utf-8"))
-    done = "up to date (same files and config); kept" if skipped else "wrote"
+    done = outcome(skipped, "files and config")
     print(f"{done} {args.out} (report.md, report.json, report.png)")
     return 0
 

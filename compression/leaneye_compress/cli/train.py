@@ -7,6 +7,8 @@ from pathlib import Path
 
 from leaneye.cli.options import add_force_option
 
+from ..artifacts import outcome
+
 
 def run(args: argparse.Namespace) -> int:
     from ..config import from_mapping, load_config, to_mapping
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         config_name=str(args.config),
     )
     metrics = record["metrics"]
-    done = "up to date (same config); kept" if skipped else "wrote"
+    done = outcome(skipped, "config")
     print(f"held-out mAP50 {metrics['mAP50']:.3f}, mAP50-95 {metrics['mAP50-95']:.3f}; {done} {args.out}")
     return 0
 
