@@ -42,7 +42,8 @@ class PyTorchBackend(Backend):
 
     def _load(self, target) -> None:
         super()._load(target)  # checks no target: a checkpoint runs on any device
-        on_cuda = self.device.startswith("cuda")
+        self.torch_device = torch.device(self.device)
+        on_cuda = self.torch_device.type == "cuda"
         extra = self.options.extra
         for key in BOOLEAN_OPTIONS:
             if key in extra and not isinstance(extra[key], bool):
@@ -65,10 +66,6 @@ class PyTorchBackend(Backend):
         self.checkpoint = read_checkpoint(self.model_path)
         self.model = None
         self.graph = self.static_input = self.static_outputs = None
-
-    @property
-    def torch_device(self) -> torch.device:
-        return torch.device(self.device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -125,7 +122,7 @@ class PyTorchBackend(Backend):
         return [output.float().cpu().numpy() for output in outputs]
 
     def synchronize(self) -> None:
-        if self.device.startswith("cuda"):
+        if self.torch_device.type == "cuda":
             torch.cuda.synchronize(self.torch_device)
 
     def device_pipeline(self, manifest, settings):
@@ -136,7 +133,7 @@ class PyTorchBackend(Backend):
     def _deactivate(self) -> None:
         self.graph = self.static_input = self.static_outputs = None
         self.model = None
-        if self.device.startswith("cuda"):
+        if self.torch_device.type == "cuda":
             torch.cuda.empty_cache()
 
 
