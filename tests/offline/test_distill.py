@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import interrupt_at_first_checkpoint
 from torch import nn
 
 from leaneye.errors import LeanEyeError
@@ -199,6 +198,9 @@ def test_ctrl_c_then_rerun_resumes_and_matches_an_uninterrupted_run(models, tmp_
     assert compress_main([*common, "--out", str(tmp_path / "straight")]) == 0
 
     resumed, work = tmp_path / "resumed", tmp_path / "resumed.work"
+    # Imported here: run as torchrun's worker script, this module has no tests/ on its path.
+    from helpers import interrupt_at_first_checkpoint
+
     # One thread, as here: the same arithmetic.
     returncode, err = interrupt_at_first_checkpoint(
         [*common, "--out", str(resumed)], work / "last.pt", env={"OMP_NUM_THREADS": "1"}
